@@ -1,0 +1,242 @@
+"""Model presets and the run configuration: YAML files plus dotted `key=value` overrides.
+
+Every section is a dataclass, so a key that does not exist or a value of the wrong type is refused
+before anything starts, with a message that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the run cannot use; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a GPT. `arch` picks GPT-1 (post-LN) or GPT-2 (pre-LN, final LayerNorm, scaled init)."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    vocab_size: int = 50257
+    block_size: int = 1024
+    dropout: float = 0.1
+    arch: Literal["gpt1", "gpt2"] = "gpt2"
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                "pick n_head dividing n_embd (GPT-2 uses a head size of 64)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.arch not in ("gpt1", "gpt2"):
+            raise ConfigError(f"model.arch must be 'gpt1' or 'gpt2', got {self.arch!r}")
+
+    @property
+    def residual_init_std(self) -> float:
+        """GPT-2 scales residual projections by 1/sqrt(2 * n_layer); GPT-1 used 0.02 throughout."""
+        return 0.02 / math.sqrt(2 * self.n_layer) if self.arch == "gpt2" else 0.02
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
+
+
+_GPT2 = dict(arch="gpt2", vocab_size=50257, block_size=1024, dropout=0.1)
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Radford et al. 2018: 12 layers, 768 wide, 12 heads, 512 context, 40,478 BPE merges + specials.
+    "gpt1": dict(arch="gpt1", n_layer=12, n_head=12, n_embd=768, vocab_size=40478, block_size=512),
+    # Radford et al. 2019, Table 2 (the 117M model is 124M once the embeddings are counted).
+    "gpt2-small": dict(_GPT2, n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
+    # Test sizes: same code paths, seconds on a CPU.
+    "gpt2-tiny": dict(_GPT2, n_layer=2, n_head=4, n_embd=64, vocab_size=512, block_size=64, dropout=0.0),
+    "gpt1-tiny": dict(
+        arch="gpt1", n_layer=2, n_head=4, n_embd=64, vocab_size=512, block_size=64, dropout=0.0
+    ),
+}
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/shards"  # training shard folder (with manifest.json)
+    valid_path: str = "data/shards/valid"  # held-out shard folder; "" turns evaluation off
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    seed: int = 1234
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    resume: str = "auto"  # "auto": latest checkpoint in checkpoint.dir if any; "never"; or a path
+
+
+@dataclass
+class ParallelConfig:
+    zero_stage: int = 3
+    ds_config: str = "ds_config.json"
+
+
+@dataclass
+class LogConfig:
+    dir: str = "runs/default"  # run directory: resolved config, metrics.jsonl, TensorBoard events
+    interval: int = 10
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # "" means <log.dir>/checkpoints
+    interval: int = 0  # steps between checkpoints; 0 saves only at the end
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 0  # steps between evaluations; 0 evaluates only at the end
+    batches: int = 8  # micro-batches per rank per evaluation
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=lambda: ["The"])
+    max_new_tokens: int = 40
+    temperature: float = 0.8
+    top_k: int = 40
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "train.max_steps": self.train.max_steps,
+            "train.micro_batch_size": self.train.micro_batch_size,
+            "train.grad_accum": self.train.grad_accum,
+            "log.interval": self.log.interval,
+            "eval.batches": self.eval.batches,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value}")
+        if not 0 <= self.train.warmup_steps <= self.train.max_steps:
+            raise ConfigError(
+                f"train.warmup_steps={self.train.warmup_steps} must lie in [0, train.max_steps="
+                f"{self.train.max_steps}]"
+            )
+        if self.train.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.train.lr}")
+        if self.parallel.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {self.parallel.zero_stage}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or Path(self.log.dir) / "checkpoints")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML preset (or start from defaults) and apply `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; the presets are in configs/")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        raw[section][name] = yaml.safe_load(value) if value else ""
+    return _build(RunConfig, raw, where=str(path) if path else "defaults")
+
+
+def _build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Construct dataclass `cls` from `raw`, refusing unknown keys and values of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    if cls is ModelConfig and "preset" in raw:
+        raw = dict(raw)
+        name = raw.pop("preset")
+        base = ModelConfig.preset(name)
+        kwargs = dataclasses.asdict(base)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            suggestion = f"; did you mean {prefix}{hint[0]}?" if hint else f"; known: {', '.join(names)}"
+            raise ConfigError(f"unknown key {dotted!r} in {where}{suggestion}")
+        kwargs[key] = _coerce(hints[key], value, dotted, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {where})") from None
+
+
+def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} in {where} must be a mapping of its keys")
+        return _build(hint, value, where, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{key}={value!r} in {where}: choose one of {typing.get_args(hint)}")
+        return value
+    if origin in (list, types.GenericAlias) or hint is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item_type,) = typing.get_args(hint) or (Any,)
+        return [_coerce(item_type, v, key, where) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(
+        f"{key}={value!r} in {where} has the wrong type: expected {hint.__name__}, "
+        f"got {type(value).__name__}"
+    )

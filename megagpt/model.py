@@ -1,0 +1,193 @@
+"""GPT-1 and GPT-2 in plain PyTorch.
+
+GPT-1 (Radford et al. 2018) normalises after each residual addition (post-LN). GPT-2 (Radford et al.
+2019) moves LayerNorm to the input of each sub-block, adds a final LayerNorm and scales the init of
+residual projections by 1/sqrt(2 * n_layer). Both use learned positions, GELU, and an output layer
+tied to the token embedding. Names follow Hugging Face's GPT2LMHeadModel so weights map one to one.
+
+Weights are initialised inside each layer's constructor rather than by a pass over the finished
+model: under `deepspeed.zero.Init` a layer's parameters are partitioned across ranks as soon as
+its constructor returns, so a later init pass would only see empty shards.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from megagpt.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel
+
+INIT_STD = 0.02
+
+
+class Linear(nn.Linear):
+    """nn.Linear with weights drawn from N(0, std) and a zero bias, as in both GPT papers."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = INIT_STD):
+        self.std = std
+        super().__init__(in_features, out_features, bias)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=self.std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding drawn from N(0, 0.02) instead of N(0, 1)."""
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(
+            config.n_embd, config.n_embd, bias=config.bias, std=config.residual_init_std
+        )
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # the papers' GELU (HF's "gelu_new")
+        self.c_proj = Linear(
+            4 * config.n_embd, config.n_embd, bias=config.bias, std=config.residual_init_std
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.pre_ln = config.arch == "gpt2"
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_ln:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.wte = Embedding(config.vocab_size, config.n_embd)
+        self.wpe = Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.size(1), device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy (-1 is ignored)."""
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(
+                f"sequence length {idx.size(1)} exceeds model.block_size={self.config.block_size}"
+            )
+        logits = self.lm_head(self.transformer(idx))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def num_parameters(self) -> int:
+        """Parameters counted once each (the tied embedding once), as Hugging Face counts them."""
+        return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.parameters())
+
+    # --- Hugging Face interop (transformers is needed only here) -----------------------------
+
+    # HF's GPT-2 stores these as Conv1D (in, out); nn.Linear keeps (out, in).
+    _HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_hf(cls, hf_model: GPT2LMHeadModel) -> GPT:
+        c = hf_model.config
+        if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported activation {c.activation_function!r}; GPT-2 uses gelu_new")
+        config = ModelConfig(
+            arch="gpt2", n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+            vocab_size=c.vocab_size, block_size=c.n_positions, dropout=c.resid_pdrop,
+        )
+        model = cls(config)
+        model.load_state_dict(_from_hf_state(hf_model.state_dict(), cls._HF_TRANSPOSED))
+        return model
+
+    def to_hf(self) -> GPT2LMHeadModel:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = self.config
+        if c.arch != "gpt2":
+            raise ValueError("to_hf exports arch=gpt2 models; GPT-1 has no GPT2LMHeadModel layout")
+        hf = GPT2LMHeadModel(GPT2Config(
+            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
+            n_positions=c.block_size, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
+            attn_pdrop=c.dropout, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+        ))
+        state = {
+            k: v.t() if k.endswith(self._HF_TRANSPOSED) else v for k, v in self.state_dict().items()
+        }
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+        if unexpected or any(not k.endswith(".attn.bias") and not k.endswith("masked_bias") for k in missing):
+            raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
+        return hf
+
+
+def _from_hf_state(state: dict[str, torch.Tensor], transposed: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old HF versions
+            continue
+        out[key] = value.t() if key.endswith(transposed) else value
+    out.setdefault("lm_head.weight", out["transformer.wte.weight"])
+    return out
