@@ -189,7 +189,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not isinstance(raw[section], dict):
             raise ConfigError(f"section {section!r} must be a mapping")
         raw[section][name] = yaml.safe_load(value) if value else ""
-    return _build(RunConfig, raw, where=str(path) if path else "defaults")
+    where = " + ".join(([str(path)] if path else []) + (["command-line overrides"] if overrides else []))
+    return _build(RunConfig, raw, where=where or "defaults")
 
 
 def _build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
@@ -230,8 +231,11 @@ def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
             value = [value]
         (item_type,) = typing.get_args(hint) or (Any,)
         return [_coerce(item_type, v, key, where) for v in value]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool):
+        try:  # YAML reads 3e-4 (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):

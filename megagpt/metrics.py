@@ -1,0 +1,41 @@
+"""Where a run's numbers go: `metrics.jsonl` and TensorBoard, written by rank 0 only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class MetricsWriter:
+    """One JSON object per logged step in metrics.jsonl, the same values as TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.jsonl = (run_dir / "metrics.jsonl").open("a")
+            self.tb = SummaryWriter(log_dir=str(run_dir))
+
+    def log(self, step: int, prefix: str, values: dict[str, float]) -> None:
+        """`values` go to TensorBoard as `prefix/name`, and to the jsonl as `name` (train) or
+        `prefix_name` (eval), e.g. eval_loss."""
+        if not self.enabled:
+            return
+        record: dict[str, Any] = {"step": step}
+        for name, value in values.items():
+            self.tb.add_scalar(f"{prefix}/{name}", value, step)
+            record[name if prefix == "train" else f"{prefix}_{name}"] = value
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        if self.enabled:
+            self.tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()
