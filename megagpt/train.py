@@ -1,0 +1,280 @@
+"""Train a GPT with DeepSpeed.
+
+    deepspeed megagpt/train.py --config configs/demo.yaml train.max_steps=100
+    torchrun --nproc_per_node 2 megagpt/train.py --config configs/demo.yaml
+    python megagpt/train.py --config configs/demo.yaml          # one process
+
+The loop is nanoGPT's; DeepSpeed owns the optimizer, ZeRO sharding, gradient accumulation and
+clipping. The run directory (log.dir) receives the resolved config, metrics.jsonl and TensorBoard
+events; checkpoints go to checkpoint.dir.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # started as a file by a launcher: import the package, not siblings
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from datetime import timedelta
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+import yaml
+from deepspeed.accelerator import get_accelerator
+
+from megagpt import checkpoint
+from megagpt.config import ConfigError, RunConfig, load_config
+from megagpt.data import DataState, RankBatches, ShardDataset
+from megagpt.deepspeed_config import build_ds_config
+from megagpt.generate import sample
+from megagpt.metrics import MetricsWriter
+from megagpt.model import GPT
+from megagpt.tokenizer import Tokenizer
+
+log = logging.getLogger("megagpt.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset, e.g. configs/demo.yaml")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.max_steps=50")
+    return p.parse_args(argv)
+
+
+def init_distributed(timeout_minutes: float = 10.0) -> None:
+    """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, none)."""
+    launched = any(k in os.environ for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"))
+    if not launched:  # a plain `python megagpt/train.py`: a world of one
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
+    if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores instead of every rank spawning one thread per core.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+    else:
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def lr_lambda(cfg: RunConfig):
+    """Linear warmup to train.lr, then cosine decay to train.lr * min_lr_ratio at max_steps."""
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only; biases and LayerNorm gains stay undecayed (as GPT-2 / nanoGPT)."""
+    params = list(model.parameters())
+    is_matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]  # ZeRO-3 flattens p
+    return [
+        {"params": [p for p, m in zip(params, is_matrix) if m], "weight_decay": weight_decay},
+        {"params": [p for p, m in zip(params, is_matrix) if not m], "weight_decay": 0.0},
+    ]
+
+
+def build_engine(cfg: RunConfig) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
+    on_gpu = get_accelerator().device_name() != "cpu"
+    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, dist.get_world_size(), on_gpu)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
+    # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a rank.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3):
+        model = GPT(cfg.model)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model, cfg.train.weight_decay),
+        # The engine steps the schedule at each optimizer step and checkpoints it.
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
+        config=ds_config,
+    )
+    return engine, filled
+
+
+def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunConfig) -> float:
+    """Mean loss over the first eval.batches global micro-batches of the held-out set (at most all)."""
+    batches = RankBatches(dataset, cfg.train.micro_batch_size, dist.get_rank(), dist.get_world_size())
+    n = min(cfg.eval.batches, batches.batches_per_epoch)
+    device = engine.device
+    engine.eval()
+    total = torch.zeros((), device=device)
+    with torch.no_grad():
+        for _ in range(n):
+            x, y = next(batches)
+            total += engine(x.to(device), y.to(device))[1]
+    engine.train()
+    dist.all_reduce(total)
+    return total.item() / (n * dist.get_world_size())
+
+
+def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: RunConfig,
+                  step: int, metrics: MetricsWriter) -> None:
+    # Same seed on every rank: under ZeRO-3 all ranks must run the same forwards.
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    engine.eval()
+    texts = []
+    for prompt in cfg.sample.prompts:
+        ids = sample(engine.module, tokenizer.encode(prompt), cfg.sample.max_new_tokens,
+                     cfg.model.block_size, cfg.sample.temperature, cfg.sample.top_k,
+                     tokenizer.eos_id, generator, engine.device)
+        texts.append(prompt + tokenizer.decode(ids))
+    engine.train()
+    for text in texts:
+        log.info("sample: %s", text.replace("\n", " / "))
+    metrics.text(step, "samples", "\n\n---\n\n".join(texts))
+
+
+def train(cfg: RunConfig) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    run_dir = Path(cfg.log.dir)
+    train_data = ShardDataset(cfg.data.path, cfg.model.block_size, cfg.train.seed)
+    valid_data = None
+    if cfg.data.valid_path:
+        valid_data = ShardDataset(cfg.data.valid_path, cfg.model.block_size, cfg.train.seed)
+    check_data(cfg, train_data, valid_data)
+    tokenizer = Tokenizer.load(train_data.tokenizer_path)
+
+    engine, filled = build_engine(cfg)
+    t = cfg.train
+    global_batch = t.micro_batch_size * t.grad_accum * world
+    log.info("ds_config: filled %s", "; ".join(filled))
+    log.info(
+        "world %d | dp %d | zero %d | batch %d micro x %d accum x %d dp = %d sequences of %d tokens "
+        "| %.2fM parameters | %s", world, world, cfg.parallel.zero_stage, t.micro_batch_size,
+        t.grad_accum, world, global_batch, cfg.model.block_size,
+        engine.module.num_parameters() / 1e6, get_accelerator().device_name(),
+    )
+
+    state = DataState()
+    resume_from = resolve_resume(cfg)
+    if resume_from is not None:
+        client = checkpoint.load(engine, resume_from)
+        if client.get("tokenizer_sha256") != train_data.tokenizer_sha256:
+            raise ValueError(f"{resume_from} was trained with another tokenizer than {cfg.data.path}")
+        state = DataState(**client["data"])
+        log.info("resumed from %s at step %d (epoch %d, window %d)", resume_from,
+                 engine.global_steps, state.epoch, state.window)
+    batches = RankBatches(train_data, t.micro_batch_size, rank, world, state)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    metrics = MetricsWriter(run_dir, enabled=rank == 0)
+    device = engine.device
+    tokens_per_step = global_batch * cfg.model.block_size
+    loss_sum, steps_in_interval, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+
+    while engine.global_steps < t.max_steps:
+        lr = engine.get_lr()[0]  # the rate this step uses; the engine advances it in step()
+        for _ in range(t.grad_accum):
+            x, y = next(batches)
+            _, loss = engine(x.to(device), y.to(device))
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach()
+        step = engine.global_steps
+        steps_in_interval += 1
+
+        if step % cfg.log.interval == 0 or step == t.max_steps:
+            dist.all_reduce(loss_sum)
+            elapsed = time.perf_counter() - t0
+            values = {
+                "loss": loss_sum.item() / (steps_in_interval * t.grad_accum * world),
+                "lr": lr,
+                "grad_norm": float(engine.get_global_grad_norm() or float("nan")),
+                "tokens_per_sec": steps_in_interval * tokens_per_step / elapsed,
+            }
+            metrics.log(step, "train", values)
+            log.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s", step,
+                     t.max_steps, values["loss"], values["lr"], values["grad_norm"],
+                     values["tokens_per_sec"])
+            loss_sum.zero_()
+            steps_in_interval, t0 = 0, time.perf_counter()
+
+        last = step == t.max_steps
+        if valid_data is not None and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
+            eval_loss = evaluate(engine, valid_data, cfg)
+            metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
+            log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
+        if last or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+            client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
+            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client)
+            log.info("checkpoint %s", path)
+        if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
+            print_samples(engine, tokenizer, cfg, step, metrics)
+    metrics.close()
+
+
+def check_data(cfg: RunConfig, train_data: ShardDataset, valid_data: ShardDataset | None) -> None:
+    if train_data.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{train_data.vocab_size} ({cfg.data.path}/manifest.json): set "
+            f"model.vocab_size={train_data.vocab_size}"
+        )
+    if valid_data is not None and valid_data.tokenizer_sha256 != train_data.tokenizer_sha256:
+        raise ConfigError(
+            f"data.valid_path={cfg.data.valid_path} was tokenized with another tokenizer than "
+            f"data.path={cfg.data.path}; build both with the same tokenizer"
+        )
+
+
+def resolve_resume(cfg: RunConfig) -> Path | None:
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return checkpoint.latest(cfg.checkpoint_dir)
+    path = Path(mode)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume={mode}: no such checkpoint folder (or use 'auto' / 'never')")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"megagpt: config error: {e}", file=sys.stderr)
+        return 2
+    init_distributed()
+    rank = dist.get_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step and config dumps drown ours
+    # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning repeats every step.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    try:
+        train(cfg)
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return 2
+    # Leaving without these has crashed at exit ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The token shard format shared by pipelines (writer) and megagpt.data (reader).
+
+A shard folder holds `corpus-000000.tar`, ... and `manifest.json`. Each tar is a webdataset
+shard: one sample per document with `__key__`, `tokens.npy` (the document's token ids ending in
+end-of-text; uint16 when the vocabulary fits, else uint32) and `meta.json` (source, url when
+known). The manifest names the tokenizer (file beside it, sha256, vocab size, eos id), the
+shard list with per-shard document and token counts, and the per-stage counts of the build.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+SHARD_PATTERN = "corpus-{:06d}.tar"
+MANIFEST_NAME = "manifest.json"
+FORMAT = "megagpt-shards/1"
+
+
+class ShardError(ValueError):
+    """A shard folder or file that cannot be read; the message names it and the fix."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+class ShardWriter:
+    """Writes documents into size-capped webdataset tars; `shards` lists what was written."""
+
+    def __init__(self, out_dir: str | Path, vocab_size: int, max_shard_tokens: int = 50_000_000):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.dtype = token_dtype(vocab_size)
+        self.max_shard_tokens = max_shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._sink: wds.TarWriter | None = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, key: str, tokens: np.ndarray, meta: dict[str, Any]) -> None:
+        if self._sink is None or self.shards[-1]["tokens"] >= self.max_shard_tokens:
+            self._open_next()
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(tokens, dtype=self.dtype), allow_pickle=False)
+        self._sink.write({"__key__": key, "tokens.npy": buf.getvalue(),
+                          "meta.json": json.dumps(meta, ensure_ascii=False).encode()})
+        self.shards[-1]["documents"] += 1
+        self.shards[-1]["tokens"] += len(tokens)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def _open_next(self) -> None:
+        self.close()
+        name = SHARD_PATTERN.format(len(self.shards))
+        # webdataset's TarWriter stamps the current time; a fixed mtime keeps builds byte-identical
+        self._sink = wds.TarWriter(str(self.out_dir / name), mtime=0)
+        self.shards.append({"name": name, "documents": 0, "tokens": 0})
+
+
+def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Yield (key, tokens, meta) of each document in a shard, naming the file if it is damaged."""
+    path = Path(path)
+    fix = "rebuild the folder with python -m pipelines.build"
+    try:
+        with tarfile.open(path) as tar:
+            samples: dict[str, dict[str, bytes]] = {}
+            for member in tar:
+                key, _, field = member.name.partition(".")
+                data = tar.extractfile(member)
+                if data is None:
+                    continue
+                samples.setdefault(key, {})[field] = data.read()
+                if {"tokens.npy", "meta.json"} <= samples[key].keys():
+                    sample = samples.pop(key)
+                    tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+                    yield key, tokens, json.loads(sample["meta.json"])
+    except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+        raise ShardError(f"{path} is damaged ({err}); {fix}") from None
+    if samples:
+        raise ShardError(f"{path}: samples {sorted(samples)[:3]} lack tokens.npy or meta.json; {fix}")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardError(f"{path} not found: {folder} is not a shard folder; build one with "
+                         "python -m pipelines.build --input RAW --output FOLDER")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path} is not valid JSON ({err}); rebuild the folder") from None
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; rebuild it")
+    return manifest
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest last and atomically: a folder with a manifest is a complete folder."""
+    path = Path(folder) / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,83 @@
+"""Raw documents from files: HTML pages, plain text files, and JSON lines.
+
+Inputs are any mix of files and folders (searched recursively) of `.html`, `.htm`, `.html.gz`,
+`.txt` and `.jsonl` / `.jsonl.gz` (one object a line, field `text`, optional `url`). Files are
+read in sorted path order so a build is deterministic. A line or file that cannot be read is
+skipped and counted under its reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
+TEXT_SUFFIXES = (".txt", ".txt.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+SUFFIXES = HTML_SUFFIXES + TEXT_SUFFIXES + JSONL_SUFFIXES
+
+
+@dataclass
+class RawDocument:
+    key: str  # stable and unique within a build: file path, plus the line number for jsonl
+    source: str  # the input file it came from
+    content: str | bytes  # bytes for HTML (the extractor finds its encoding), text otherwise
+    is_html: bool
+    url: str | None = None
+
+
+def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """The input files, sorted; a path that does not exist or holds nothing usable is an error."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            if not found:
+                raise FileNotFoundError(f"--input {item} holds no {', '.join(SUFFIXES)} files")
+            files.extend(found)
+        elif item.is_file():
+            if not item.name.endswith(SUFFIXES):
+                raise ValueError(f"--input {item}: unknown kind of file; expected one of "
+                                 f"{', '.join(SUFFIXES)}")
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"--input {item} does not exist")
+    return files
+
+
+def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocument]:
+    """Every document of `files`; unreadable ones are counted in `skipped` by reason."""
+    for path in files:
+        try:
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except (OSError, EOFError, gzip.BadGzipFile):
+            skipped["unreadable_file"] += 1
+            continue
+        if path.name.endswith(HTML_SUFFIXES):
+            yield RawDocument(str(path), str(path), data, is_html=True)
+        elif path.name.endswith(TEXT_SUFFIXES):
+            yield RawDocument(str(path), str(path), data.decode("utf-8", errors="replace"), is_html=False)
+        else:
+            yield from _jsonl_documents(path, data, skipped)
+
+
+def _jsonl_documents(path: Path, data: bytes, skipped: Counter) -> Iterator[RawDocument]:
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            skipped["bad_json"] += 1
+            continue
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            skipped["no_text_field"] += 1
+            continue
+        url = record.get("url")
+        yield RawDocument(f"{path}:{number}", str(path), text, is_html=False,
+                          url=url if isinstance(url, str) else None)

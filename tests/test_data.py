@@ -1,0 +1,113 @@
+"""The shard reader: deterministic windows, rank slices that add up to the global batch, exact resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megagpt.data import DataState, RankBatches, ShardDataset
+from pipelines.shards import MANIFEST_NAME, ShardError, ShardWriter, write_manifest
+
+EOS = 1
+BLOCK = 16
+
+
+def write_corpus(folder: Path, n_docs: int = 60, max_shard_tokens: int = 400, seed: int = 0) -> list:
+    """Documents of random lengths (each ending in EOS), spread over several shards."""
+    rng = np.random.default_rng(seed)
+    docs = [np.append(rng.integers(2, 500, rng.integers(5, 80)), EOS).astype(np.uint16)
+            for _ in range(n_docs)]
+    with ShardWriter(folder, vocab_size=512, max_shard_tokens=max_shard_tokens) as writer:
+        for i, doc in enumerate(docs):
+            writer.write(f"doc{i:04d}", doc, {"source": "synthetic"})
+    (folder / "tokenizer.model").write_bytes(b"not used by the reader")
+    write_manifest(folder, {
+        "format": "megagpt-shards/1",
+        "tokenizer": {"file": "tokenizer.model", "sha256": "0" * 64, "vocab_size": 512, "eos_id": EOS},
+        "dtype": "uint16", "documents": len(docs), "tokens": int(sum(map(len, docs))),
+        "shards": writer.shards, "stages": {},
+    })
+    return docs
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    docs = write_corpus(tmp_path)
+    return ShardDataset(tmp_path, BLOCK, seed=7), docs
+
+
+def test_windows_cover_every_document_once_per_epoch(corpus):
+    dataset, docs = corpus
+    assert len(dataset.shards) > 3
+    windows = list(dataset.iter_windows(epoch=0))
+    assert len(windows) == dataset.windows_per_epoch == (sum(map(len, docs)) - 1) // BLOCK
+    assert all(len(w) == BLOCK + 1 for w in windows)
+    assert all(a[-1] == b[0] for a, b in zip(windows, windows[1:]))  # stride BLOCK, 1 token shared
+    stream = np.concatenate([windows[0]] + [w[1:] for w in windows[1:]])
+    ends = np.flatnonzero(stream == EOS)
+    seen = [tuple(d) for d in np.split(stream[: ends[-1] + 1], ends[:-1] + 1)]
+    expected = [tuple(d) for d in docs]
+    assert len(seen) >= len(docs) - 2  # at most the tail past the last full window is missing
+    assert sorted(seen) == sorted(set(seen)) and set(seen) <= set(expected)
+
+
+def test_epochs_are_shuffled_differently_and_reproducibly(corpus):
+    dataset, _ = corpus
+    first = np.stack(list(dataset.iter_windows(0)))
+    assert np.array_equal(first, np.stack(list(dataset.iter_windows(0))))
+    assert not np.array_equal(first, np.stack(list(dataset.iter_windows(1))[: len(first)]))
+
+
+@pytest.mark.parametrize("start", [0, 1, 5, 23, 24, 25, 40])
+def test_windows_resume_mid_stream_without_replay(corpus, start):
+    dataset, _ = corpus
+    full = list(dataset.iter_windows(0))
+    resumed = list(dataset.iter_windows(0, start=start))
+    assert len(resumed) == len(full) - start
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, full[start:]))
+
+
+def test_rank_slices_make_up_the_single_process_batch(corpus):
+    dataset, _ = corpus
+    single = RankBatches(dataset, micro_batch=4, dp_rank=0, dp_size=1)
+    ranks = [RankBatches(dataset, micro_batch=2, dp_rank=r, dp_size=2) for r in range(2)]
+    for _ in range(dataset.windows_per_epoch // 4 + 3):  # crosses into the next epoch
+        x, y = next(single)
+        parts = [next(r) for r in ranks]
+        assert np.array_equal(x, np.concatenate([p[0] for p in parts]))
+        assert np.array_equal(y, np.concatenate([p[1] for p in parts]))
+        assert np.array_equal(x[:, 1:], y[:, :-1])
+    assert single.state.epoch == 1 and single.state == ranks[0].state == ranks[1].state
+
+
+def test_saved_position_restores_the_same_batches(corpus):
+    dataset, _ = corpus
+    batches = RankBatches(dataset, micro_batch=2, dp_rank=1, dp_size=2)
+    for _ in range(9):
+        next(batches)
+    saved = DataState(**batches.state.to_dict())
+    expected = [next(batches) for _ in range(12)]
+    restored = RankBatches(dataset, micro_batch=2, dp_rank=1, dp_size=2, state=saved)
+    for (x, y), (rx, ry) in zip(expected, (next(restored) for _ in range(12))):
+        assert np.array_equal(x, rx) and np.array_equal(y, ry)
+
+
+def test_corpus_smaller_than_a_global_batch_is_refused(tmp_path):
+    write_corpus(tmp_path, n_docs=2)
+    with pytest.raises(ValueError, match="fewer than one global micro-batch"):
+        RankBatches(ShardDataset(tmp_path, BLOCK, seed=0), micro_batch=8, dp_rank=0, dp_size=2)
+
+
+def test_truncated_shard_is_named(tmp_path):
+    write_corpus(tmp_path)
+    shard = sorted(tmp_path.glob("corpus-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:700])
+    dataset = ShardDataset(tmp_path, BLOCK, seed=0)
+    with pytest.raises(ShardError, match=shard.name):
+        for _ in RankBatches(dataset, micro_batch=2, dp_rank=0, dp_size=1):
+            pass
+
+
+def test_missing_manifest_says_how_to_build(tmp_path):
+    with pytest.raises(ShardError, match=MANIFEST_NAME):
+        ShardDataset(tmp_path, BLOCK, seed=0)

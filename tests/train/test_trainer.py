@@ -1,0 +1,86 @@
+"""The trainer end to end: real DeepSpeed ZeRO-3 engines in real processes on a real corpus."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from megagpt.train import main
+from tests.train.conftest import read_metrics, run_training
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_rank_zero3_run_learns_and_logs_everything(corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = run_training(run, corpus, "train.max_steps=60", "log.interval=10", "eval.interval=20")
+    log = proc.stdout + proc.stderr
+    assert "world 2 | dp 2 | zero 3" in log
+    assert "ds_config: filled train_micro_batch_size_per_gpu=4" in log
+    assert "sample: The" in log
+
+    metrics = read_metrics(run)
+    train = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train] == [10, 20, 30, 40, 50, 60]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5  # learns, clearly, from about ln(512) = 6.24
+    assert all(m["tokens_per_sec"] > 0 and math.isfinite(m["grad_norm"]) for m in train)
+    evals = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [20, 40, 60]
+    assert evals[-1]["eval_ppl"] == pytest.approx(math.exp(evals[-1]["eval_loss"]))
+    assert evals[-1]["eval_loss"] < min(evals[0]["eval_loss"], math.log(512) - 0.8)
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
+            "eval/loss", "eval/ppl"} <= scalars
+    assert [e.step for e in events.Scalars("train/loss")] == [10, 20, 30, 40, 50, 60]
+    assert "samples/text_summary" in events.Tags()["tensors"]
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "latest").read_text() == "step00000060"
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(corpus, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(straight, corpus, "train.max_steps=8", "checkpoint.interval=4", "eval.interval=0")
+    # A fresh pair of processes picks up the step-4 checkpoint of the same schedule.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step00000004", resumed / "checkpoints" / "step00000004")
+    (resumed / "checkpoints" / "latest").write_text("step00000004")
+    proc = run_training(resumed, corpus, "train.max_steps=8", "eval.interval=0")
+    assert "resumed from" in proc.stdout + proc.stderr
+
+    def by_step(run, key):
+        return {m["step"]: m for m in read_metrics(run) if key in m}
+
+    expected, got = by_step(straight, "loss"), by_step(resumed, "loss")
+    assert sorted(got) == [5, 6, 7, 8]
+    for step in (5, 6, 7, 8):
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], abs=1e-6), step
+        assert got[step]["lr"] == pytest.approx(expected[step]["lr"], rel=1e-9)
+    final_eval = by_step(straight, "eval_loss")[8]["eval_loss"]
+    assert by_step(resumed, "eval_loss")[8]["eval_loss"] == pytest.approx(final_eval, abs=1e-6)
+
+
+def test_torchrun_and_plain_python_launch_the_same_trainer(corpus, tmp_path):
+    for launcher, nproc in (("torchrun", 2), ("python", 1)):
+        run = tmp_path / launcher
+        run_training(run, corpus, "train.max_steps=3", "sample.max_new_tokens=0",
+                     launcher=launcher, nproc=nproc)
+        assert [m["step"] for m in read_metrics(run) if "loss" in m] == [1, 2, 3]
+
+
+def test_vocab_smaller_than_the_tokenizer_is_refused(corpus, tmp_path):
+    proc = run_training(tmp_path / "run", corpus, "model.vocab_size=100", launcher="python",
+                        check=False)
+    assert proc.returncode == 2
+    assert "model.vocab_size=100 is smaller than the tokenizer's 512" in proc.stderr
+
+
+def test_config_errors_exit_2_before_starting(capsys):
+    assert main(["--config", "configs/tiny.yaml", "train.max_stepz=3"]) == 2
+    assert "did you mean train.max_steps" in capsys.readouterr().err
