@@ -45,6 +45,7 @@ from deepspeed.accelerator import get_accelerator
 accel = get_accelerator()
 print(accel.device_count() if accel.device_name() != "cpu" else min(2, len(os.sched_getaffinity(0))))
 PY
+  # (DeepSpeed prints its accelerator notice on stdout; the count is the last line)
 }
 
 demo() {
@@ -56,7 +57,7 @@ demo() {
     echo "demo: using the corpus already built in data/shards (delete it to rebuild)"
   fi
   rm -rf runs/demo
-  deepspeed --num_gpus "$(processes)" megagpt/train.py --config configs/demo.yaml "$@"
+  deepspeed --num_gpus "$(processes | tail -n1)" megagpt/train.py --config configs/demo.yaml "$@"
   echo "demo: finished in $((SECONDS - start)) s; TensorBoard: ./launch.sh tensorboard (runs/demo)"
 }
 
