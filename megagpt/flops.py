@@ -1,0 +1,68 @@
+"""Training FLOPs per token and model FLOPs utilisation (MFU).
+
+FLOPs are counted the standard way (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's
+estimate_mfu): a matmul with N weights costs 2N FLOPs per token forward and 4N backward, so 6N
+per token for training, plus the attention scores and their weighted sum, 12 * n_layer * n_embd *
+T per token (2 matmuls of T x head_dim per head, forward 2x, backward 4x). N counts every weight
+a token multiplies with: the blocks and the (tied) output layer; not the position table, which is
+only looked up. Recomputation by activation checkpointing is not "model" FLOPs, so MFU ignores
+it by definition (it shows as a lower MFU, as it should).
+
+Peaks are dense bf16 tensor-core throughput from the vendors' data sheets. On a CPU there is no
+meaningful peak, so runs there report achieved FLOP/s only.
+"""
+
+from __future__ import annotations
+
+from megagpt.config import ModelConfig
+
+# Dense (no sparsity) bf16 peak, FLOP/s. Longer names first: "H100 PCIe" must not match "H100".
+GPU_PEAK_BF16: dict[str, float] = {
+    "GH200": 989e12,
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM
+    "H800": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "L40": 181e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX A6000": 155e12,
+    "V100": 125e12,  # fp16: V100 has no bf16
+}
+
+
+def non_embedding_matmul_params(model: ModelConfig) -> int:
+    """Weights a token is multiplied with: every block's matrices and biases, LayerNorms and the
+    (tied) output layer. The position table is excluded: it is indexed, not multiplied."""
+    c = model.n_embd
+    block = 12 * c * c + (9 * c if model.bias else 0) + (4 if model.bias else 2) * c  # matmuls + 2 LN
+    final_ln = (2 if model.bias else 1) * c if model.arch == "gpt2" else 0
+    return model.n_layer * block + final_ln + model.vocab_size * c
+
+
+def training_flops_per_token(model: ModelConfig, seq_len: int | None = None) -> float:
+    """6N + 12 * n_layer * n_embd * T: forward and backward FLOPs spent on one training token."""
+    T = seq_len or model.block_size
+    return 6 * non_embedding_matmul_params(model) + 12 * model.n_layer * model.n_embd * T
+
+
+def device_peak_flops(device_name: str) -> float | None:
+    """The bf16 peak of a GPU named like torch.cuda.get_device_name(); None when unknown or a CPU."""
+    for key, peak in GPU_PEAK_BF16.items():
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def mfu(tokens_per_sec: float, flops_per_token: float, n_devices: int, peak: float | None) -> float | None:
+    """Achieved model FLOP/s over the devices' peak; None without a known peak."""
+    if peak is None:
+        return None
+    return tokens_per_sec * flops_per_token / (n_devices * peak)

@@ -1,0 +1,287 @@
+"""Plan a parallel layout: memory per GPU and estimated step time of every feasible choice.
+
+    python -m megagpt.plan --model gpt2-xl --gpus 16 --gpu-mem 80
+    python -m megagpt.plan --config configs/gpt2-xl.yaml --gpus 16 --gpu-mem 80 --global-batch 512
+
+For each dp x pp x tp x ZeRO stage x activation checkpointing x micro-batch it estimates, for the
+most loaded GPU, the bytes of parameters, gradients, optimizer state, activations and buffers
+(bf16 parameters and gradients, fp32 master weights and Adam moments: ZeRO's 2 + 2 + 12 bytes a
+parameter), and a step time from FLOPs, pipeline bubble and communication. It prints the feasible
+layouts, fastest first, and recommends one.
+
+The activation count is megagpt's own Block, tensor by tensor (what autograd saves: the inputs of
+LayerNorms and matmuls, q/k/v, the attention output and the GELU input and output; SDPA's
+flash/memory-efficient kernels never store the T x T scores), checked against the saved tensors
+of a real forward in tests/perf/test_plan.py. Step times are a first-order model (a given
+fraction of peak FLOP/s, ring collectives at a given bandwidth, DeepSpeed overlapping
+data-parallel communication with compute); use them to rank layouts, not as promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from megagpt.config import ConfigError, ModelConfig, load_config
+from megagpt.flops import device_peak_flops, training_flops_per_token
+
+GiB = 1 << 30
+BF16, FP32 = 2, 4
+ADAM_STATE_BYTES = 12  # fp32 master weight + exp_avg + exp_avg_sq, per parameter
+ZERO3_BUCKET_ELEMENTS = 5e7  # ds_config.json: reduce_bucket_size and stage3_prefetch_bucket_size
+VOCAB_MULTIPLE = 128  # the vocabulary is padded to a multiple of 128 per tensor-parallel rank
+
+
+@dataclass(frozen=True)
+class Layout:
+    dp: int
+    pp: int
+    tp: int
+    zero: int
+    checkpointing: str  # "none", "selective" (every second block), "full" (every block)
+    micro_batch: int
+
+    def __str__(self) -> str:
+        return (f"dp{self.dp} pp{self.pp} tp{self.tp} zero{self.zero} ac={self.checkpointing} "
+                f"micro={self.micro_batch}")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpus: int
+    gpu_mem_gib: float
+    gpus_per_node: int = 8
+    peak_flops: float = 989e12  # H100 SXM dense bf16
+    efficiency: float = 0.5  # fraction of peak that large matmuls reach
+    half_efficiency_tokens: int = 512  # micro-batch tokens at which matmuls reach half of that
+    intra_node_gbps: float = 300.0  # NVLink, GB/s of ring bandwidth per GPU
+    inter_node_gbps: float = 25.0  # InfiniBand, GB/s per GPU (200 Gb/s)
+    headroom: float = 0.1  # kept free for the allocator's fragmentation and the CUDA context
+
+
+@dataclass(frozen=True)
+class Memory:
+    params: float
+    grads: float
+    optimizer: float
+    activations: float
+    buffers: float
+
+    @property
+    def total(self) -> float:
+        return self.params + self.grads + self.optimizer + self.activations + self.buffers
+
+
+@dataclass(frozen=True)
+class Plan:
+    layout: Layout
+    memory: Memory
+    step_seconds: float
+    fits: bool
+
+
+def padded_vocab(vocab_size: int, tp: int) -> int:
+    multiple = VOCAB_MULTIPLE * tp
+    return math.ceil(vocab_size / multiple) * multiple
+
+
+def block_parameters(model: ModelConfig, tp: int) -> int:
+    """One Block's parameters on a tensor-parallel rank: QKV and MLP-in split by columns (with
+    their biases), attention-out and MLP-out split by rows (bias whole), LayerNorms whole."""
+    c, bias = model.n_embd, model.bias
+    split = 12 * c * c + (7 * c if bias else 0)  # weights + QKV and MLP-in biases
+    whole = (2 * c if bias else 0) + (4 * c if bias else 2 * c)  # row-parallel biases + 2 LNs
+    return split // tp + whole
+
+
+def stage_parameters(model: ModelConfig, pp: int, tp: int) -> int:
+    """Parameters on the most loaded rank: ceil(n_layer / pp) blocks plus the embeddings, which
+    the first stage holds and the last stage holds again (the tied output layer)."""
+    wte = padded_vocab(model.vocab_size, tp) * model.n_embd // tp
+    wpe = model.block_size * model.n_embd
+    ln_f = (2 if model.bias else 1) * model.n_embd if model.arch == "gpt2" else 0
+    blocks = math.ceil(model.n_layer / pp) * block_parameters(model, tp)
+    return blocks + wte + (wpe + ln_f if pp == 1 else max(wpe, ln_f))
+
+
+def block_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: int,
+                           dtype_bytes: int = BF16) -> float:
+    """Bytes one Block saves for backward: per token, the LN inputs and outputs (4 x n_embd, whole
+    on every tp rank), q/k/v, the attention output before and after its transpose, the MLP-in
+    output and the GELU output (13 x n_embd, split by tp), flash attention's log-sum-exp (fp32,
+    one a head) and, with dropout, two 1-byte masks."""
+    c, tokens = model.n_embd, micro_batch * seq
+    per_token = (4 + 13 / tp) * c * dtype_bytes + FP32 * model.n_head / tp
+    if model.dropout > 0:
+        per_token += 2 * c
+    return tokens * per_token
+
+
+def logits_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: int,
+                            dtype_bytes: int = BF16) -> float:
+    """The output layer: its input (ln_f's output) and the fp32 log-softmax the loss keeps."""
+    tokens = micro_batch * seq
+    return tokens * (model.n_embd * dtype_bytes + FP32 * padded_vocab(model.vocab_size, tp) / tp)
+
+
+def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: int,
+                     dtype_bytes: int = BF16) -> float:
+    """Activations held at the peak on the most loaded rank. With pipeline 1F1B the first stage
+    holds min(pp, micro-batches) micro-batches in flight; checkpointed blocks keep only their
+    input, and one block's full activations exist while it is recomputed."""
+    b, tp = layout.micro_batch, layout.tp
+    layers = math.ceil(model.n_layer / layout.pp)
+    full = block_activation_bytes(model, b, seq, tp, dtype_bytes)
+    kept_input = b * seq * model.n_embd * dtype_bytes
+    checkpointed = {"none": 0, "selective": layers // 2, "full": layers}[layout.checkpointing]
+    per_micro = checkpointed * kept_input + (layers - checkpointed) * full
+    recompute = full if checkpointed else 0
+    in_flight = min(layout.pp, num_micro)
+    logits = logits_activation_bytes(model, b, seq, tp, dtype_bytes)
+    return in_flight * per_micro + recompute + (logits if layout.pp == 1 else 0)
+
+
+def estimate_memory(model: ModelConfig, layout: Layout, seq: int, num_micro: int) -> Memory:
+    n = stage_parameters(model, layout.pp, layout.tp)
+    dp, zero = layout.dp, layout.zero
+    params = n * BF16 / (dp if zero >= 3 else 1)
+    grads = n * BF16 / (dp if zero >= 2 else 1)
+    optimizer = n * ADAM_STATE_BYTES / (dp if zero >= 1 else 1)
+    if zero >= 3:  # the gathered block being computed and the prefetched next one, plus buckets
+        buffers = 2 * block_parameters(model, layout.tp) * BF16 + 2 * ZERO3_BUCKET_ELEMENTS * BF16
+    else:
+        buffers = ZERO3_BUCKET_ELEMENTS * BF16  # the gradient reduction bucket
+    return Memory(params, grads, optimizer, activation_bytes(model, layout, seq, num_micro), buffers)
+
+
+def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, seq: int,
+                          global_batch: int) -> float:
+    """Compute at a fraction of peak that grows with the micro-batch's tokens (small matmuls
+    use a GPU poorly), stretched by recomputation and the pipeline bubble, plus tensor-parallel
+    all-reduces (within a node) and whatever data-parallel traffic compute cannot hide."""
+    num_micro = global_batch // (layout.dp * layout.micro_batch)
+    recompute = {"none": 0.0, "selective": 1 / 6, "full": 1 / 3}[layout.checkpointing]
+    flops = training_flops_per_token(model, seq) * global_batch * seq * (1 + recompute)
+    tokens = layout.micro_batch * seq
+    efficiency = cluster.efficiency * tokens / (tokens + cluster.half_efficiency_tokens)
+    compute = flops / (cluster.gpus * cluster.peak_flops * efficiency)
+    compute *= 1 + (layout.pp - 1) / num_micro  # 1F1B bubble
+
+    intra, inter = cluster.intra_node_gbps * 1e9, cluster.inter_node_gbps * 1e9
+    tp_bytes = tokens * model.n_embd * BF16
+    tp_ring = 2 * (layout.tp - 1) / layout.tp * tp_bytes / intra
+    tp_comm = 4 * math.ceil(model.n_layer / layout.pp) * num_micro * tp_ring  # 2 fwd + 2 bwd a block
+
+    n = stage_parameters(model, layout.pp, layout.tp)
+    dp_bw = inter if layout.dp * layout.tp * layout.pp > cluster.gpus_per_node else intra
+    ring = (layout.dp - 1) / layout.dp * n * BF16 / dp_bw
+    if layout.zero >= 3:  # gather for forward and backward, reduce-scatter, every micro-batch
+        dp_comm = 3 * ring * num_micro
+    elif layout.zero == 2:  # reduce-scatter every micro-batch, all-gather the update once
+        dp_comm = ring * (num_micro + 1)
+    else:  # all-reduce once per step
+        dp_comm = 2 * ring
+    return compute + tp_comm + max(0.0, dp_comm - compute)
+
+
+def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_batch: int
+                      ) -> Iterator[Layout]:
+    """Every layout DeepSpeed can run: tp within a node dividing the heads, pp at most n_layer,
+    ZeRO-2/3 only without pipeline stages, micro-batches dividing the global batch."""
+    for tp, pp in itertools.product(_divisors(gpus), _divisors(gpus)):
+        if gpus % (tp * pp) or tp > gpus_per_node or model.n_head % tp or pp > model.n_layer:
+            continue
+        dp = gpus // (tp * pp)
+        for zero in (0, 1, 2, 3) if pp == 1 else (0, 1):
+            for ac in ("none", "selective", "full"):
+                for micro in (1, 2, 4, 8, 16, 32):
+                    if global_batch % (dp * micro) == 0:
+                        yield Layout(dp, pp, tp, zero, ac, micro)
+
+
+def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | None = None) -> list[Plan]:
+    """All candidate layouts with their estimates, fastest fitting ones first."""
+    seq = seq or model.block_size
+    budget = cluster.gpu_mem_gib * GiB * (1 - cluster.headroom)
+    plans = []
+    for layout in candidate_layouts(model, cluster.gpus, cluster.gpus_per_node, global_batch):
+        num_micro = global_batch // (layout.dp * layout.micro_batch)
+        memory = estimate_memory(model, layout, seq, num_micro)
+        step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
+        plans.append(Plan(layout, memory, step, memory.total <= budget))
+    # Among equally fast layouts prefer less model parallelism, then the most memory left over.
+    return sorted(plans, key=lambda p: (not p.fits, round(p.step_seconds, 2), p.layout.tp * p.layout.pp,
+                                        p.memory.total))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global_batch: int,
+                 seq: int, rows: int) -> str:
+    tokens = global_batch * seq
+    head = (f"{'layout':<44}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'buffers':>8}"
+            f"{'total GiB':>10}{'step s':>8}{'tokens/s/GPU':>14}")
+    lines = [head, "-" * len(head)]
+    for p in [p for p in plans if p.fits][:rows]:
+        m = p.memory
+        lines.append(f"{str(p.layout):<44}" + "".join(
+            f"{v / GiB:>8.1f}" for v in (m.params, m.grads, m.optimizer, m.activations, m.buffers))
+            + f"{m.total / GiB:>10.1f}{p.step_seconds:>8.2f}{tokens / p.step_seconds / cluster.gpus:>14,.0f}")
+    fitting = sum(p.fits for p in plans)
+    lines.append(f"{fitting} of {len(plans)} layouts fit in {cluster.gpu_mem_gib:g} GiB "
+                 f"(minus {cluster.headroom:.0%} headroom)")
+    if fitting:
+        best = plans[0]
+        lines.append(f"recommended: {best.layout} -> parallel.tp={best.layout.tp} "
+                     f"parallel.pp={best.layout.pp} parallel.zero_stage={best.layout.zero} "
+                     f"train.micro_batch_size={best.layout.micro_batch} "
+                     f"train.grad_accum={global_batch // (best.layout.dp * best.layout.micro_batch)}")
+    else:
+        lines.append("nothing fits: add GPUs, or GPUs with more memory")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m megagpt.plan", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a preset: gpt1, gpt2-small, gpt2-medium, gpt2-large, gpt2-xl")
+    src.add_argument("--config", help="a run config YAML (its model section)")
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--gpu-mem", type=float, required=True, help="GiB per GPU, e.g. 80")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu", default="H100", help="GPU name for the peak FLOP/s table (default H100)")
+    p.add_argument("--global-batch", type=int, default=512, help="sequences per step (GPT-2: 512)")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default: block_size)")
+    p.add_argument("--efficiency", type=float, default=0.5, help="fraction of peak matmuls reach")
+    p.add_argument("--inter-node-gbps", type=float, default=25.0)
+    p.add_argument("--rows", type=int, default=15)
+    args = p.parse_args(argv)
+    try:
+        model = ModelConfig.preset(args.model) if args.model else load_config(args.config).model
+    except ConfigError as err:
+        print(f"megagpt.plan: {err}", file=sys.stderr)
+        return 2
+    peak = device_peak_flops(args.gpu)
+    if peak is None:
+        print(f"megagpt.plan: unknown --gpu {args.gpu!r}; the known ones are in megagpt/flops.py",
+              file=sys.stderr)
+        return 2
+    cluster = Cluster(args.gpus, args.gpu_mem, args.gpus_per_node, peak, args.efficiency,
+                      inter_node_gbps=args.inter_node_gbps)
+    seq = args.seq or model.block_size
+    plans = plan(model, cluster, args.global_batch, seq)
+    n_params = stage_parameters(model, 1, 1)
+    print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
+          f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens")
+    print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The layout planner: its arithmetic by hand, its activation count against a real forward."""
+
+import pytest
+import torch
+
+from megagpt.config import ModelConfig
+from megagpt.model import GPT
+from megagpt.plan import (
+    Cluster,
+    Layout,
+    activation_bytes,
+    block_activation_bytes,
+    candidate_layouts,
+    estimate_memory,
+    main,
+    padded_vocab,
+    plan,
+    stage_parameters,
+)
+
+XL = ModelConfig.preset("gpt2-xl")
+XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count, vocab padded to 50304
+
+
+def saved_activation_bytes(model: torch.nn.Module, idx: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward, weights excluded."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx, idx)
+    return sum(saved.values())
+
+
+def test_vocab_padding_and_parameters_per_rank():
+    assert padded_vocab(50257, 1) == 50304
+    assert padded_vocab(50257, 2) == 50432  # a multiple of 128 on each of 2 ranks
+    assert stage_parameters(XL, pp=1, tp=1) == XL_PARAMS
+    # tp=2: matrices and column-parallel biases halve; LayerNorms, row-parallel biases, wpe stay.
+    c, L = 1600, 48
+    per_block = (12 * c * c + 7 * c) // 2 + 2 * c + 4 * c
+    assert stage_parameters(XL, pp=1, tp=2) == L * per_block + 50432 * c // 2 + 1024 * c + 2 * c
+
+
+def test_zero_stages_divide_what_the_zero_paper_says():
+    for zero, (p, g, o) in {0: (1, 1, 1), 1: (1, 1, 16), 2: (1, 16, 16), 3: (16, 16, 16)}.items():
+        m = estimate_memory(XL, Layout(16, 1, 1, zero, "none", 1), seq=1024, num_micro=32)
+        assert m.params == pytest.approx(2 * XL_PARAMS / p)
+        assert m.grads == pytest.approx(2 * XL_PARAMS / g)
+        assert m.optimizer == pytest.approx(12 * XL_PARAMS / o)
+
+
+def test_block_activations_by_hand():
+    small = ModelConfig.preset("gpt2-small")  # dropout 0.1: two 1-byte masks a token
+    per_token = 17 * 768 * 2 + 4 * 12 + 2 * 768
+    assert block_activation_bytes(small, 1, 1024, tp=1) == 1024 * per_token
+    assert block_activation_bytes(small, 1, 1024, tp=2) == 1024 * ((4 + 13 / 2) * 768 * 2 + 4 * 6 + 2 * 768)
+
+
+def test_checkpointing_and_pipeline_change_activations_as_they_should():
+    one = block_activation_bytes(XL, 1, 1024, 1)
+    layer_input = 1024 * 1600 * 2
+    none = activation_bytes(XL, Layout(1, 1, 1, 3, "none", 1), 1024, 8)
+    full = activation_bytes(XL, Layout(1, 1, 1, 3, "full", 1), 1024, 8)
+    assert none - full == pytest.approx(48 * one - (48 * layer_input + one))
+    # 1F1B: the first of 4 stages holds 4 micro-batches of its 12 blocks, and no logits.
+    assert activation_bytes(XL, Layout(1, 4, 1, 1, "none", 1), 1024, 8) == pytest.approx(4 * 12 * one)
+
+
+@pytest.mark.parametrize("layers, heads, width, seq, batch, vocab", [
+    (1, 4, 64, 64, 4, 512), (2, 4, 128, 128, 2, 1024), (4, 8, 256, 128, 2, 4096),
+])
+def test_activation_estimate_matches_what_autograd_saves(layers, heads, width, seq, batch, vocab):
+    config = ModelConfig.preset("gpt2-tiny", n_layer=layers, n_head=heads, n_embd=width,
+                                block_size=seq, vocab_size=vocab)
+    torch.manual_seed(0)
+    measured = saved_activation_bytes(GPT(config).train(), torch.randint(0, vocab, (batch, seq)))
+    # fp32 on this CPU; the tiny vocab needs no padding for the comparison
+    estimated = activation_bytes(config, Layout(1, 1, 1, 0, "none", batch), seq, 1, dtype_bytes=4)
+    estimated -= batch * seq * 4 * (padded_vocab(vocab, 1) - vocab)
+    assert estimated == pytest.approx(measured, rel=0.05)
+
+
+def test_only_runnable_layouts_are_candidates():
+    layouts = list(candidate_layouts(XL, gpus=16, gpus_per_node=8, global_batch=512))
+    assert layouts
+    assert all(x.dp * x.pp * x.tp == 16 for x in layouts)
+    assert all(25 % x.tp == 0 for x in layouts)  # 25 heads: tp 1 or 5, never 2
+    assert all(x.zero <= 1 for x in layouts if x.pp > 1)  # DeepSpeed's PipelineEngine limit
+    assert all(512 % (x.dp * x.micro_batch) == 0 for x in layouts)
+
+
+def test_recommendation_fits_and_is_fastest():
+    cluster = Cluster(gpus=16, gpu_mem_gib=80)
+    plans = plan(XL, cluster, global_batch=512)
+    best = plans[0]
+    assert best.fits and best.memory.total <= 80 * 2**30 * 0.9
+    assert all(best.step_seconds <= p.step_seconds + 0.005 for p in plans if p.fits)
+    # Less memory per GPU forces sharding or checkpointing: a 16 GiB GPU cannot hold ZeRO-0.
+    small = plan(XL, Cluster(gpus=16, gpu_mem_gib=16), global_batch=512)
+    assert small[0].fits and small[0].layout.zero > 0
+    assert not any(p.fits for p in small if p.layout.zero == 0 and p.layout.pp == 1 and p.layout.tp == 1)
+
+
+def test_cli_prints_a_table_and_a_recommendation(capsys):
+    assert main(["--model", "gpt2-xl", "--gpus", "16", "--gpu-mem", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended: dp" in out and "parallel.zero_stage=" in out
+    assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "8"]) == 0
+    assert "nothing fits" in capsys.readouterr().out
+    assert main(["--model", "gpt2-xl", "--gpus", "8", "--gpu-mem", "80", "--gpu", "TPU"]) == 2
