@@ -1,9 +1,6 @@
 """The overlap checker against an exact Python-set computation on real text (LAMBADA, WikiText-2)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from pipelines.bloom import BloomFilter
 from pipelines.build import build
 from pipelines.ngrams import ngram_hashes, ngram_strings
 from pipelines.overlap import build_filter, iter_texts, main, overlap
-from tests.corpus.conftest import LAMBADA, ROOT, WIKITEXT, write_jsonl
+from tests.corpus.conftest import LAMBADA, ROOT, WIKITEXT, run_mpi, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +78,10 @@ def test_cli_errors_name_the_option(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_mpi_ranks_report_what_one_does(train_file, tmp_path):
     path, _ = train_file
-    args = ["-m", "pipelines.overlap", "--train", str(path), "--eval", f"lambada={LAMBADA}",
-            f"wikitext2={WIKITEXT}", "--save-filter"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    bin_dir = os.path.dirname(sys.executable)
-    env["PATH"] = bin_dir + os.pathsep + env["PATH"]
     for ranks in (1, 2):
-        subprocess.run([os.path.join(bin_dir, "mpiexec"), "-n", str(ranks), sys.executable, *args,
-                        str(tmp_path / f"{ranks}.bloom"), "--json", str(tmp_path / f"{ranks}.json")],
-                       check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
+        run_mpi(ranks, "pipelines.overlap", "--train", str(path), "--eval", f"lambada={LAMBADA}",
+                f"wikitext2={WIKITEXT}", "--save-filter", str(tmp_path / f"{ranks}.bloom"),
+                "--json", str(tmp_path / f"{ranks}.json"))
     one, two = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (1, 2))
     assert one == two
     # the same documents, hashed on two ranks and OR-merged, give the same bits; the 2-rank
