@@ -82,6 +82,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 class DataConfig:
     path: str = "data/shards"  # training shard folder (with manifest.json)
     valid_path: str = "data/shards/valid"  # held-out shard folder; "" turns evaluation off
+    # FOLDER=WEIGHT entries: train on these corpora mixed by weight instead of `path` (megagpt/data.py)
+    mixture: list[str] = field(default_factory=list)
 
 
 @dataclass

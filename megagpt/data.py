@@ -12,12 +12,20 @@ micro-batch. The global batch is therefore the same for any number of ranks, whi
 each parallel layout be compared with a single process. Reading is cheap next to compute (a
 1.5B-parameter step consumes about 2 bytes of shard per 18 GFLOP), so the repeated reads cost
 nothing that matters.
+
+A mixture (MixtureDataset) interleaves several shard folders by weight, as GPT-3 sampled its
+high-quality sets more often than their size: each window of the mixture is drawn from corpus s
+with probability weight_s by a generator seeded with (seed, epoch), and each corpus keeps its own
+cursor that runs on through its own epochs. The position is still the one window counter:
+the cursors follow from counting the draws before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +98,84 @@ class ShardDataset:
         return np.concatenate([docs[j] for j in order]).astype(np.int64) if docs else np.empty(0, np.int64)
 
 
+class MixtureDataset:
+    """Several shard folders with the same tokenizer, seen as one stream of windows mixed by weight.
+
+    An epoch of the mixture is as many windows as all its corpora hold together; a corpus with a
+    large weight is read several times within it, one with a small weight partly.
+    """
+
+    def __init__(self, datasets: Sequence[ShardDataset], weights: Sequence[float], seed: int):
+        if len(datasets) != len(weights) or not datasets:
+            raise ValueError("a mixture needs one weight for each of at least one corpus")
+        if any(w <= 0 for w in weights):
+            raise ValueError(f"mixture weights {list(weights)} must all be positive")
+        first = datasets[0]
+        for d in datasets:
+            if d.tokenizer_sha256 != first.tokenizer_sha256:
+                raise ValueError(f"{d.folder} and {first.folder} were tokenized with different tokenizers; "
+                                 "build every corpus of a mixture with the same --tokenizer")
+            if d.windows_per_epoch == 0:
+                raise ValueError(f"{d.folder} holds fewer than {d.block_size + 1} tokens: nothing to mix in")
+        self.datasets, self.seed = list(datasets), seed
+        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        self.folder = Path(", ".join(str(d.folder) for d in datasets))
+        self.block_size = first.block_size
+        self.total_tokens = sum(d.total_tokens for d in datasets)
+        self.tokenizer_sha256, self.tokenizer_path = first.tokenizer_sha256, first.tokenizer_path
+        self.vocab_size = first.vocab_size
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return sum(d.windows_per_epoch for d in self.datasets)
+
+    def choices(self, epoch: int) -> np.ndarray:
+        """Which corpus each window of `epoch` comes from."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        return rng.choice(len(self.datasets), size=self.windows_per_epoch, p=self.weights)
+
+    @lru_cache(maxsize=4)  # noqa: B019 (a few epochs' counts; the dataset lives as long as the run)
+    def _cursors(self, epoch: int) -> tuple[int, ...]:
+        """Windows of each corpus consumed by all epochs before `epoch`."""
+        if epoch == 0:
+            return (0,) * len(self.datasets)
+        before = np.bincount(self.choices(epoch - 1), minlength=len(self.datasets))
+        return tuple(int(c) for c in np.add(self._cursors(epoch - 1), before))
+
+    def iter_windows(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
+        choices = self.choices(epoch)
+        counts = np.bincount(choices[:start], minlength=len(self.datasets))
+        cursors = np.add(self._cursors(epoch), counts)
+        streams = [_endless(d, int(c)) for d, c in zip(self.datasets, cursors)]
+        for source in choices[start:]:
+            yield next(streams[source])
+
+
+def _endless(dataset: ShardDataset, window: int) -> Iterator[np.ndarray]:
+    """The windows of `dataset` from its `window`-th on, running on through its epochs."""
+    epoch, start = divmod(window, dataset.windows_per_epoch)
+    for e in itertools.count(epoch):
+        yield from dataset.iter_windows(e, start if e == epoch else 0)
+
+
+def open_dataset(path: str | Path, mixture: Sequence[str], block_size: int, seed: int
+                 ) -> ShardDataset | MixtureDataset:
+    """`path` alone, or the mixture of FOLDER=WEIGHT entries when `mixture` names any."""
+    if not mixture:
+        return ShardDataset(path, block_size, seed)
+    folders, weights = [], []
+    for entry in mixture:
+        folder, sep, weight = entry.rpartition("=")
+        try:
+            weights.append(float(weight))
+        except ValueError:
+            sep = ""
+        if not sep or not folder:
+            raise ValueError(f"data.mixture entry {entry!r}: expected FOLDER=WEIGHT, e.g. data/books=2.0")
+        folders.append(ShardDataset(folder, block_size, seed))
+    return MixtureDataset(folders, weights, seed)
+
+
 class RankBatches:
     """This rank's micro-batches (inputs, targets) of each global micro-batch, resumable.
 
@@ -98,7 +184,7 @@ class RankBatches:
     too short for a whole one is skipped.
     """
 
-    def __init__(self, dataset: ShardDataset, micro_batch: int, dp_rank: int, dp_size: int,
+    def __init__(self, dataset: ShardDataset | MixtureDataset, micro_batch: int, dp_rank: int, dp_size: int,
                  state: DataState | None = None):
         self.dataset = dataset
         self.micro_batch = micro_batch

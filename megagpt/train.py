@@ -35,7 +35,7 @@ from deepspeed.accelerator import get_accelerator
 
 from megagpt import checkpoint
 from megagpt.config import ConfigError, RunConfig, load_config
-from megagpt.data import DataState, RankBatches, ShardDataset
+from megagpt.data import DataState, RankBatches, ShardDataset, open_dataset
 from megagpt.deepspeed_config import build_ds_config
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
@@ -147,7 +147,7 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
 def train(cfg: RunConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(cfg.log.dir)
-    train_data = ShardDataset(cfg.data.path, cfg.model.block_size, cfg.train.seed)
+    train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None
     if cfg.data.valid_path:
         valid_data = ShardDataset(cfg.data.valid_path, cfg.model.block_size, cfg.train.seed)

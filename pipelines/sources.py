@@ -1,7 +1,7 @@
 """Raw documents from files: HTML pages, plain text files, and JSON lines.
 
 Inputs are any mix of files and folders (searched recursively) of `.html`, `.htm`, `.html.gz`,
-`.txt` and `.jsonl` / `.jsonl.gz` (one object a line, field `text`, optional `url`). Files are
+`.txt` and `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one object a line, field `text`, optional `url`). Files are
 read in sorted path order so a build is deterministic. A line or file that cannot be read is
 skipped and counted under its reason, never dropped silently.
 """
@@ -15,9 +15,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 SUFFIXES = HTML_SUFFIXES + TEXT_SUFFIXES + JSONL_SUFFIXES
 
 
@@ -53,8 +55,8 @@ def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocum
     """Every document of `files`; unreadable ones are counted in `skipped` by reason."""
     for path in files:
         try:
-            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        except (OSError, EOFError, gzip.BadGzipFile):
+            data = read_bytes(path)
+        except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError):
             skipped["unreadable_file"] += 1
             continue
         if path.name.endswith(HTML_SUFFIXES):
@@ -63,6 +65,16 @@ def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocum
             yield RawDocument(str(path), str(path), data.decode("utf-8", errors="replace"), is_html=False)
         else:
             yield from _jsonl_documents(path, data, skipped)
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, decompressed when it ends in .gz or .zst."""
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    if path.suffix == ".zst":
+        with path.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+            return reader.read()
+    return path.read_bytes()
 
 
 def _jsonl_documents(path: Path, data: bytes, skipped: Counter) -> Iterator[RawDocument]:

@@ -1,21 +1,23 @@
 """The shard reader: deterministic windows, rank slices that add up to the global batch, exact resume."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from megagpt.data import DataState, RankBatches, ShardDataset
+from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, _endless, open_dataset
 from pipelines.shards import MANIFEST_NAME, ShardError, ShardWriter, write_manifest
 
 EOS = 1
 BLOCK = 16
 
 
-def write_corpus(folder: Path, n_docs: int = 60, max_shard_tokens: int = 400, seed: int = 0) -> list:
-    """Documents of random lengths (each ending in EOS), spread over several shards."""
+def write_corpus(folder: Path, n_docs: int = 60, max_shard_tokens: int = 400, seed: int = 0,
+                 low: int = 2, tokenizer_sha: str = "0" * 64) -> list:
+    """Documents of random lengths (each ending in EOS, tokens from `low` up), spread over several shards."""
     rng = np.random.default_rng(seed)
-    docs = [np.append(rng.integers(2, 500, rng.integers(5, 80)), EOS).astype(np.uint16)
+    docs = [np.append(rng.integers(low, low + 498, rng.integers(5, 80)), EOS).astype(np.uint16)
             for _ in range(n_docs)]
     with ShardWriter(folder, vocab_size=512, max_shard_tokens=max_shard_tokens) as writer:
         for i, doc in enumerate(docs):
@@ -23,7 +25,7 @@ def write_corpus(folder: Path, n_docs: int = 60, max_shard_tokens: int = 400, se
     (folder / "tokenizer.model").write_bytes(b"not used by the reader")
     write_manifest(folder, {
         "format": "megagpt-shards/1",
-        "tokenizer": {"file": "tokenizer.model", "sha256": "0" * 64, "vocab_size": 512, "eos_id": EOS},
+        "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer_sha, "vocab_size": 1024, "eos_id": EOS},
         "dtype": "uint16", "documents": len(docs), "tokens": int(sum(map(len, docs))),
         "shards": writer.shards, "stages": {},
     })
@@ -111,3 +113,73 @@ def test_truncated_shard_is_named(tmp_path):
 def test_missing_manifest_says_how_to_build(tmp_path):
     with pytest.raises(ShardError, match=MANIFEST_NAME):
         ShardDataset(tmp_path, BLOCK, seed=0)
+
+
+@pytest.fixture
+def mixture(tmp_path) -> MixtureDataset:
+    """A small corpus (tokens 2..499) weighted 3 against a larger one (tokens 600..1097) weighted 1."""
+    write_corpus(tmp_path / "small", n_docs=30, seed=1)
+    write_corpus(tmp_path / "large", n_docs=90, seed=2, low=600)
+    return open_dataset("", [f"{tmp_path / 'small'}=3", f"{tmp_path / 'large'}=1"], BLOCK, seed=7)
+
+
+def source_of(window: np.ndarray) -> int:
+    """0 for the small corpus, 1 for the large one (EOS belongs to both)."""
+    body = window[window != EOS]
+    assert (body < 600).all() or (body >= 600).all()  # a window never mixes corpora
+    return int(body[0] >= 600)
+
+
+def test_mixture_draws_by_weight_and_reads_each_corpus_in_order(mixture):
+    small, large = mixture.datasets
+    assert mixture.windows_per_epoch == small.windows_per_epoch + large.windows_per_epoch
+    sources, per_source = [], {0: [], 1: []}
+    for epoch in range(3):
+        for window in mixture.iter_windows(epoch):
+            per_source[source_of(window)].append(window)
+            sources.append(source_of(window))
+    n = len(sources)
+    assert abs(sources.count(0) / n - 0.75) < 3 * np.sqrt(0.75 * 0.25 / n)
+    # each corpus is read as its own stream, on through its epochs: nothing repeated or skipped
+    for i, dataset in enumerate((small, large)):
+        expected = list(itertools.islice(_endless(dataset, 0), len(per_source[i])))
+        assert all(np.array_equal(a, b) for a, b in zip(per_source[i], expected))
+    assert len(per_source[0]) > 2 * small.windows_per_epoch  # the small corpus was repeated
+
+
+@pytest.mark.parametrize("start", [0, 1, 17, 40])
+def test_mixture_resumes_mid_epoch(mixture, start):
+    for epoch in (0, 2):
+        full = list(mixture.iter_windows(epoch))
+        resumed = list(mixture.iter_windows(epoch, start))
+        assert len(resumed) == len(full) - start
+        assert all(np.array_equal(a, b) for a, b in zip(resumed, full[start:]))
+
+
+@pytest.mark.parametrize("kind", ["shards", "mixture"])
+def test_restore_is_exact_when_the_data_parallel_size_changes(corpus, mixture, kind):
+    """Saved at dp=2 x micro 2, restored at dp=4 x micro 1 and dp=1 x micro 4: the same global batches."""
+    dataset = corpus[0] if kind == "shards" else mixture
+    ranks = [RankBatches(dataset, micro_batch=2, dp_rank=r, dp_size=2) for r in range(2)]
+    steps = dataset.windows_per_epoch // 4 - 2  # so that the continuation crosses an epoch
+    for _ in range(steps):
+        for r in ranks:
+            next(r)
+    saved = ranks[0].state.to_dict()
+    straight = [np.concatenate([next(r)[0] for r in ranks]) for _ in range(6)]
+    for dp, micro in ((4, 1), (1, 4)):
+        restored = [RankBatches(dataset, micro, r, dp, DataState(**saved)) for r in range(dp)]
+        for expected in straight:
+            assert np.array_equal(np.concatenate([next(r)[0] for r in restored]), expected)
+    assert restored[0].state.epoch == 1
+
+
+def test_mixture_refuses_what_it_cannot_mix(tmp_path):
+    write_corpus(tmp_path / "a")
+    write_corpus(tmp_path / "b", tokenizer_sha="1" * 64)
+    with pytest.raises(ValueError, match="different tokenizers"):
+        open_dataset("", [f"{tmp_path / 'a'}=1", f"{tmp_path / 'b'}=1"], BLOCK, seed=0)
+    with pytest.raises(ValueError, match="expected FOLDER=WEIGHT"):
+        open_dataset("", [str(tmp_path / "a")], BLOCK, seed=0)
+    with pytest.raises(ValueError, match="must all be positive"):
+        open_dataset("", [f"{tmp_path / 'a'}=0"], BLOCK, seed=0)

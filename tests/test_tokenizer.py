@@ -23,7 +23,9 @@ def tokenizer(texts, tmp_path_factory) -> Tokenizer:
 
 def test_round_trip_is_exact_on_real_and_awkward_text(tokenizer, texts):
     awkward = "  two  spaces\n\n\tTab, trailing \nemoji 😀, CJK 漢字, Ünïcödé, digits 2026-11-22\r\n"
-    for text in [*texts, awkward, "", "\n", " "]:
+    mixed_script = ("Русский текст, العربية من اليمين, हिन्दी देवनागरी, עברית, ไทย, 한국어, "
+                    "e\u0301 (combining), Z\u200dW\u200bJ, 👩‍👩‍👧 family, \U0001d54f, \x00\x7f")
+    for text in [*texts, awkward, mixed_script, "", "\n", " "]:
         ids = tokenizer.encode(text)
         assert tokenizer.decode(ids) == text
         assert 0 not in ids  # byte fallback: nothing is unknown

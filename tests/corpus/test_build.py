@@ -11,6 +11,7 @@ import pytest
 from megagpt.tokenizer import Tokenizer
 from pipelines.build import build, main
 from pipelines.shards import read_manifest, read_shard
+from tests.corpus.conftest import run_mpi
 
 PAGES = sorted((Path(__file__).resolve().parents[2] / "data/sample/html").glob("*.html.gz"))[:12]
 
@@ -47,13 +48,14 @@ def test_every_document_is_accounted_for(corpus):
     stages = manifest["stages"]
     assert stages["read"] == {"in": 19, "out": 17, "dropped": {"bad_json": 1, "no_text_field": 1}}
     assert stages["filter"]["dropped"] == {"too_short": 2}
-    assert stages["dedup"]["dropped"] == {"duplicate": 2}
-    for name in ("read", "extract", "filter", "dedup"):
+    assert stages["exact_dedup"]["dropped"] == {"duplicate": 2}
+    assert stages["near_dedup"]["dropped"] == {} and stages["decontaminate"]["dropped"] == {}
+    for name in ("read", "extract", "filter", "exact_dedup", "near_dedup", "decontaminate"):
         s = stages[name]
         assert s["in"] == s["out"] + sum(s["dropped"].values())
     assert stages["read"]["out"] == stages["extract"]["in"]
     assert stages["extract"]["out"] == stages["filter"]["in"]
-    assert stages["filter"]["out"] == stages["dedup"]["in"] == 15
+    assert stages["filter"]["out"] == stages["exact_dedup"]["in"] == 15
     n_valid = manifest["valid"]["documents"]
     assert stages["split"] == {"in": 13, "train": manifest["documents"], "valid": n_valid}
     assert manifest["documents"] + manifest["valid"]["documents"] == 13
@@ -109,3 +111,21 @@ def test_cli_refuses_what_it_cannot_do(raw, corpus, tmp_path, capsys):
     assert main(["--input", str(gz), "--output", str(tmp_path / "o2"), "--train-tokenizer",
                  "--vocab-size", "300"]) == 2
     assert "no documents left for training" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mpi_ranks_write_the_same_corpus(raw, corpus, tmp_path):
+    """mpiexec -n 1 and -n 2 write byte-identical shards, tokenizer and manifests, as in-process does."""
+    args = ["--input", str(raw), "--train-tokenizer", "--vocab-size", "600", "--valid-fraction", "0.25",
+            "--max-shard-tokens", "4000"]
+    for ranks in (1, 2):
+        run_mpi(ranks, "pipelines.build", *args, "--output", str(tmp_path / f"n{ranks}"))
+    files = sorted(p.relative_to(tmp_path / "n1") for p in (tmp_path / "n1").rglob("*") if p.is_file())
+    assert len(files) > 6 and files == sorted(
+        p.relative_to(tmp_path / "n2") for p in (tmp_path / "n2").rglob("*") if p.is_file())
+    for name in files:
+        assert (tmp_path / "n1" / name).read_bytes() == (tmp_path / "n2" / name).read_bytes(), name
+    out, manifest = corpus
+    assert read_manifest(tmp_path / "n2") == manifest
+    for shard in manifest["shards"]:
+        assert (tmp_path / "n2" / shard["name"]).read_bytes() == (out / shard["name"]).read_bytes()

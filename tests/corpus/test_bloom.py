@@ -1,0 +1,86 @@
+"""The blocked Bloom filter against exact Python sets: no false negatives, measured false positives
+at or below the target, OR-merge equal to the filter of the union, save and memory-map back."""
+
+import numpy as np
+import pytest
+
+from pipelines.bloom import BloomFilter, size_for
+from pipelines.ngrams import combine, ngram_hashes, ngram_strings, word_hashes, words
+
+
+@pytest.fixture(scope="module")
+def train(articles, lambada) -> list[np.ndarray]:
+    return [ngram_hashes(t) for t in articles + lambada[::2]]
+
+
+@pytest.fixture(scope="module")
+def absent(articles, lambada, wikitext) -> np.ndarray:
+    """1M n-gram hashes of random 8-word sequences over the real vocabulary, checked absent exactly."""
+    vocab = sorted(set(words(wikitext)))
+    rng = np.random.default_rng(0)
+    sequence = [vocab[i] for i in rng.integers(0, len(vocab), 1_000_007)]
+    text = " ".join(sequence)
+    hashes = ngram_hashes(text)
+    known = {g for t in articles + lambada[::2] for g in ngram_strings(t)}
+    present = [i for i, g in enumerate(ngram_strings(text)) if g in known]
+    assert len(hashes) == 1_000_000
+    return np.delete(hashes, present)
+
+
+def test_ngram_normalisation_and_hash_agree_with_strings(articles):
+    assert words("Don't  STOP! Café_au-lait 2024") == ["don", "t", "stop", "café", "au", "lait", "2024"]
+    strings = [g for t in articles for g in ngram_strings(t)]
+    hashes = np.concatenate([ngram_hashes(t) for t in articles])
+    assert len(hashes) == len(strings)
+    assert len(np.unique(hashes)) == len(set(strings))  # no collisions on real text
+    assert np.array_equal(ngram_hashes("a b c d e f g h i"), combine(word_hashes("A, B c d e f g h i"), 8))
+    assert len(ngram_hashes("seven words are not an eight gram")) == 0
+
+
+def test_no_false_negatives_and_fp_at_target(train, absent):
+    items = np.unique(np.concatenate(train))
+    for fp in (1e-3, 1e-8):
+        bloom = BloomFilter.for_items(len(items), fp)
+        bloom.add(items)
+        assert bloom.contains(items).all()
+        measured = bloom.contains(absent).mean()
+        # 1e-3: ~1000 expected among 1M, 5 sigma is 16%; 1e-8: 0.01 expected, so none
+        assert measured <= fp * 1.16 if fp > 1e-6 else measured == 0, (fp, measured)
+        if fp == 1e-3:
+            assert measured >= fp * 0.7  # sized for the target, not wastefully above it
+
+
+def test_sizing_follows_the_target():
+    bits, k, g = size_for(1e-8)
+    assert 38.3 < bits <= 46 and g == 2  # classic optimum is 38.3 bits an item
+    assert size_for(1e-2)[0] < size_for(1e-3)[0] < bits
+    with pytest.raises(ValueError, match="must be in"):
+        size_for(0.0)
+
+
+def test_merged_filters_equal_the_filter_of_the_union(train):
+    n = sum(map(len, train))
+    whole, left, right = (BloomFilter.for_items(n) for _ in range(3))
+    for i, hashes in enumerate(train):
+        whole.add(hashes)
+        (left if i % 2 else right).add(hashes)
+    assert left | right == whole
+    assert left != whole
+    with pytest.raises(ValueError, match="different shapes"):
+        left | BloomFilter.for_items(n + 10_000)
+
+
+def test_save_and_memory_map_back(train, tmp_path):
+    bloom = BloomFilter.for_items(1000, 1e-4, ngram=8)
+    bloom.add(train[0])
+    bloom.save(tmp_path / "f.bloom")
+    back = BloomFilter.load(tmp_path / "f.bloom")
+    assert isinstance(back.blocks, np.memmap) and back == bloom and back.meta["ngram"] == 8
+    assert back.contains(train[0]).all()
+    data = (tmp_path / "f.bloom").read_bytes()
+    (tmp_path / "cut.bloom").write_bytes(data[:-64])
+    with pytest.raises(ValueError, match=r"cut.bloom: cannot load Bloom filter .*truncated"):
+        BloomFilter.load(tmp_path / "cut.bloom")
+    (tmp_path / "junk.bloom").write_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match="junk.bloom.*not a megagpt Bloom filter"):
+        BloomFilter.load(tmp_path / "junk.bloom")

@@ -1,0 +1,94 @@
+"""Filter, dedup and decontamination stages on real articles with planted duplicates and leaks."""
+
+import json
+import re
+
+import pytest
+import zstandard
+
+from pipelines.build import build
+from pipelines.dedup import exact_duplicates, lsh_bands, near_duplicates
+from pipelines.filters import FilterConfig, blocked_domain, reject_reason
+from pipelines.minhash import MinHasher, jaccard_estimate
+from pipelines.ngrams import ngram_strings
+from tests.corpus.conftest import LAMBADA, WIKITEXT
+
+
+def near_copy(text: str) -> str:
+    """The same article lightly edited: a word in 250 swapped (at least 2) and a footer added."""
+    words = text.split(" ")
+    changes = max(2, len(words) // 250)
+    for i in range(changes):
+        words[(i + 1) * len(words) // (changes + 2)] = "edited"
+    return " ".join(words) + "\n\nSubscribe to our newsletter for more stories like this one."
+
+
+def test_minhash_estimates_jaccard(articles):
+    hasher = MinHasher(num_perm=256)
+    for text in articles[:10]:
+        other = near_copy(text)
+        a, b = (set(ngram_strings(t, 5)) for t in (text, other))
+        exact = len(a & b) / len(a | b)
+        estimate = jaccard_estimate(hasher.signature(text), hasher.signature(other))
+        assert estimate == pytest.approx(exact, abs=0.1)
+    assert hasher.signature("!!! ...") is None
+    assert lsh_bands(0.8, 128) == (9, 13)  # what datasketch's MinHashLSH picks for the same settings
+
+
+def test_planted_duplicates_go_and_distinct_pages_stay(articles):
+    base = articles[:60]
+    half = [t[: len(t) // 2] for t in base[:5]]  # Jaccard about 0.5: not a near duplicate at 0.8
+    exact = [" ".join(t.upper().split()) for t in base[5:10]]
+    near = [near_copy(t) for t in base[10:60] if len(t.split()) >= 350][:10]
+    for original, copy in zip([t for t in base[10:60] if len(t.split()) >= 350], near):
+        a, b = (set(ngram_strings(t, 5)) for t in (original, copy))
+        assert len(a & b) / len(a | b) > 0.88  # really near: the test is about finding them
+    docs = base + half + exact + near
+    hasher = MinHasher()
+    dup = exact_duplicates([" ".join(t.lower().split()) for t in docs])
+    assert [i for i, d in enumerate(dup) if d] == list(range(65, 70))
+    kept = [t for t, d in zip(docs, dup) if not d]
+    nd = near_duplicates([hasher.signature(t) for t in kept])
+    assert [kept[i] for i, d in enumerate(nd) if d] == near  # every near copy, nothing else
+
+
+def test_filters_give_reasons():
+    config = FilterConfig()
+    prose = "Plain sentences of ordinary prose make a document worth keeping for training. " * 4
+    assert reject_reason(prose, None, config) is None
+    assert reject_reason(prose[:150], None, config) == "too_short"
+    table = " | ".join(f"{i:>6} {i * 3.14:>8.2f}" for i in range(40))
+    assert reject_reason(table, None, config) == "not_mostly_text"
+    wiki = "https://en.wikipedia.org/wiki/GPT-2"
+    assert reject_reason(prose, wiki, config) == "blocked_domain:wikipedia.org"
+    assert reject_reason(prose, "https://notwikipedia.org/x", config) is None
+    assert blocked_domain("de.m.wikipedia.org/wiki/X", ["wikipedia.org"]) == "wikipedia.org"
+    assert blocked_domain("https://example.com/wikipedia.org", ["wikipedia.org"]) is None
+
+
+def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
+    """jsonl.zst input with planted duplicates, Wikipedia pages, junk and eval leaks, end to end."""
+    base = articles[:40]
+    leaked = [articles[100 + i] + "\n\n" + lambada[i] for i in range(3)]  # an eval passage pasted in
+    wiki_page = re.split(r"\n = [^=]", WIKITEXT.read_text())[3]  # an article of WikiText-2
+    records = [{"text": t, "url": f"https://news.example/{i}"} for i, t in enumerate(base)]
+    records += [{"text": " ".join(t.lower().split())} for t in base[:4]]
+    records += [{"text": near_copy(t)} for t in base[4:40] if len(t.split()) >= 350][:6]
+    records += [{"text": t} for t in leaked]
+    records += [{"text": articles[103] + "\n\n" + wiki_page}]
+    records += [{"text": articles[104], "url": "https://en.wikipedia.org/wiki/Some_page"}]
+    records += [{"text": "0.5 1.5 2.5 | 3.5 ; 4.5 " * 30}, {"text": "short"}]
+    raw = tmp_path / "docs.jsonl.zst"
+    raw.write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps(r) + "\n" for r in records).encode()))
+    manifest = build([raw], tmp_path / "out", vocab_size=700, valid_fraction=0.0,
+                     decontaminate={"lambada": LAMBADA, "wikitext2": WIKITEXT})
+    stages = manifest["stages"]
+    assert stages["read"] == {"in": 57, "out": 57, "dropped": {}}
+    assert stages["filter"]["dropped"] == {"blocked_domain:wikipedia.org": 1, "not_mostly_text": 1,
+                                           "too_short": 1}
+    assert stages["exact_dedup"]["dropped"] == {"duplicate": 4}
+    assert stages["near_dedup"]["dropped"] == {"near_duplicate": 6}
+    assert stages["decontaminate"]["dropped"] == {"contaminated:lambada": 3, "contaminated:wikitext2": 1}
+    assert stages["decontaminate"]["out"] == manifest["documents"] == 40
+    assert manifest["settings"]["decontaminate"] == {"lambada": str(LAMBADA), "wikitext2": str(WIKITEXT)}
