@@ -3,12 +3,15 @@
 A checkpoint is a folder `step00000050/` holding DeepSpeed's model, optimizer and scheduler state
 (sharded by ZeRO), the data position, and every rank's RNG state. It is written as
 `step00000050.tmp/` and renamed only once all ranks have finished, and `latest` is replaced
-atomically after that: a crash while saving leaves the previous checkpoint in charge.
+atomically after that: a crash while saving leaves the previous checkpoint in charge, and the next
+save removes the partial `.tmp` folder. Only the newest `keep_last` published checkpoints stay, plus
+the one the run resumed from.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,18 +22,28 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
 LATEST = "latest"
+TAG = re.compile(r"step(\d{8})")
 
 
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_state: dict[str, Any]) -> Path:
-    """Write the checkpoint of `step` on all ranks; returns its published folder."""
+def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_state: dict[str, Any],
+         keep_last: int = 0, keep: Path | None = None) -> Path:
+    """Write the checkpoint of `step` on all ranks; returns its published folder.
+
+    Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and `keep`
+    (the checkpoint the run resumed from) is never deleted.
+    """
     tag = tag_for(step)
     tmp_tag = f"{tag}.tmp"
-    engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
     rank = dist.get_rank()
+    if rank == 0:  # partial folders of a save that crashed; none is in use, `latest` never names one
+        for stale in folder.glob("step*.tmp"):
+            shutil.rmtree(stale)
+    dist.barrier()
+    engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
     torch.save(_rng_state(), folder / tmp_tag / f"rng_rank{rank:05d}.pt")
     dist.barrier()
     final = folder / tag
@@ -39,8 +52,25 @@ def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_stat
             shutil.rmtree(final)
         os.replace(folder / tmp_tag, final)
         _write_atomic(folder / LATEST, tag)
+        if keep_last:
+            prune(folder, keep_last, keep)
     dist.barrier()
     return final
+
+
+def published(folder: Path) -> list[Path]:
+    """The complete checkpoints in `folder`, oldest first."""
+    found = [p for p in folder.iterdir() if p.is_dir() and TAG.fullmatch(p.name)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: p.name)
+
+
+def prune(folder: Path, keep_last: int, keep: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` published checkpoints, never `keep`; returns the deleted."""
+    protected = {keep.resolve()} if keep is not None else set()
+    doomed = [p for p in published(folder)[:-keep_last] if p.resolve() not in protected]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
 
 
 def latest(folder: Path) -> Path | None:
@@ -86,5 +116,8 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before it is renamed in: never an empty `latest` after a crash
     os.replace(tmp, path)

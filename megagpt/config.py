@@ -115,7 +115,15 @@ class LogConfig:
 @dataclass
 class CheckpointConfig:
     dir: str = ""  # "" means <log.dir>/checkpoints
-    interval: int = 0  # steps between checkpoints; 0 saves only at the end
+    interval: int = 0  # steps between checkpoints; 0 saves only at the end (and on SIGTERM / SIGUSR1)
+    keep_last: int = 3  # published checkpoints kept (the one resumed from too); 0 keeps all
+
+
+@dataclass
+class FaultConfig:
+    # A collective that waits longer than this ends the run with an error instead of a silent hang
+    # (a rank that died without closing its connections, or hangs). Above the slowest checkpoint save.
+    collective_timeout_s: float = 600.0
 
 
 @dataclass
@@ -140,6 +148,7 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -158,6 +167,15 @@ class RunConfig:
             raise ConfigError(
                 f"train.warmup_steps={self.train.warmup_steps} must lie in [0, train.max_steps="
                 f"{self.train.max_steps}]"
+            )
+        if self.checkpoint.keep_last < 0:
+            raise ConfigError(
+                f"checkpoint.keep_last must be 0 (keep all) or a positive count, "
+                f"got {self.checkpoint.keep_last}"
+            )
+        if self.fault.collective_timeout_s <= 0:
+            raise ConfigError(
+                f"fault.collective_timeout_s must be positive, got {self.fault.collective_timeout_s}"
             )
         if self.train.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.train.lr}")

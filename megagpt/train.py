@@ -33,7 +33,7 @@ import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
 
-from megagpt import checkpoint
+from megagpt import checkpoint, preemption
 from megagpt.config import ConfigError, RunConfig, load_config
 from megagpt.data import DataState, RankBatches, ShardDataset, open_dataset
 from megagpt.deepspeed_config import build_ds_config
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def init_distributed(timeout_minutes: float = 10.0) -> None:
+def init_distributed(timeout_s: float = 600.0) -> None:
     """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, none)."""
     launched = any(k in os.environ for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"))
     if not launched:  # a plain `python megagpt/train.py`: a world of one
@@ -62,7 +62,8 @@ def init_distributed(timeout_minutes: float = 10.0) -> None:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
-    deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
+    # A collective outwaiting this raises instead of hanging: a lost rank ends the run (fault.*).
+    deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
     if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores instead of every rank spawning one thread per core.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
@@ -144,7 +145,9 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
     metrics.text(step, "samples", "\n\n---\n\n".join(texts))
 
 
-def train(cfg: RunConfig) -> None:
+def train(cfg: RunConfig) -> int:
+    """Run the loop; returns the exit code (preemption.REQUEUE_EXIT_CODE when stopped by a signal)."""
+    stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
     rank, world = dist.get_rank(), dist.get_world_size()
     run_dir = Path(cfg.log.dir)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
@@ -216,13 +219,21 @@ def train(cfg: RunConfig) -> None:
             eval_loss = evaluate(engine, valid_data, cfg)
             metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
-        if last or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+        stopping = not last and stop.agreed(device)
+        if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
-            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client)
+            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.checkpoint.keep_last,
+                                   keep=resume_from)
             log.info("checkpoint %s", path)
+        if stopping:
+            log.warning("stopped by %s after step %d; exiting with %d to be requeued",
+                        stop.received or "a signal on another rank", step, preemption.REQUEUE_EXIT_CODE)
+            metrics.close()
+            return preemption.REQUEUE_EXIT_CODE
         if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
             print_samples(engine, tokenizer, cfg, step, metrics)
     metrics.close()
+    return 0
 
 
 def check_data(cfg: RunConfig, train_data: ShardDataset, valid_data: ShardDataset | None) -> None:
@@ -258,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"megagpt: config error: {e}", file=sys.stderr)
         return 2
-    init_distributed()
+    init_distributed(cfg.fault.collective_timeout_s)
     rank = dist.get_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -266,14 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning repeats every step.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
     try:
-        train(cfg)
+        code = train(cfg)
     except ConfigError as e:
         log.error("config error: %s", e)
         return 2
     # Leaving without these has crashed at exit ("terminate called without an active exception").
     dist.barrier()
     dist.destroy_process_group()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

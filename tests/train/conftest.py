@@ -32,10 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_training(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
-                 launcher: str = "deepspeed", timeout: int = 300, check: bool = True
-                 ) -> subprocess.CompletedProcess:
-    """Run megagpt/train.py with configs/tiny.yaml on the corpus, as a user would launch it."""
+def training_command(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
+                     launcher: str = "deepspeed") -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start megagpt/train.py with configs/tiny.yaml."""
     args = ["--config", "configs/tiny.yaml", f"data.path={corpus}", f"data.valid_path={corpus}/valid",
             f"log.dir={run_dir}", *overrides]
     port = str(free_port())
@@ -45,8 +44,15 @@ def run_training(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
         "python": [sys.executable],
     }
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([*launchers[launcher], "megagpt/train.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return [*launchers[launcher], "megagpt/train.py", *args], env
+
+
+def run_training(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
+                 launcher: str = "deepspeed", timeout: int = 300, check: bool = True
+                 ) -> subprocess.CompletedProcess:
+    """Run megagpt/train.py with configs/tiny.yaml on the corpus, as a user would launch it."""
+    cmd, env = training_command(run_dir, corpus, *overrides, nproc=nproc, launcher=launcher)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
