@@ -135,8 +135,7 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
     texts = []
     for prompt in cfg.sample.prompts:
         ids = sample(engine.module, tokenizer.encode(prompt), cfg.sample.max_new_tokens,
-                     cfg.model.block_size, cfg.sample.temperature, cfg.sample.top_k,
-                     tokenizer.eos_id, generator, engine.device)
+                     cfg.sample.temperature, cfg.sample.top_k, tokenizer.eos_id, generator, engine.device)
         texts.append(prompt + tokenizer.decode(ids))
     engine.train()
     for text in texts:
@@ -218,7 +217,7 @@ def train(cfg: RunConfig) -> None:
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
         if last or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
-            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client)
+            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.model, tokenizer)
             log.info("checkpoint %s", path)
         if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
             print_samples(engine, tokenizer, cfg, step, metrics)
