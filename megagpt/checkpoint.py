@@ -6,10 +6,17 @@ A checkpoint is a folder `step00000050/` holding DeepSpeed's model, optimizer an
 atomically after that: a crash while saving leaves the previous checkpoint in charge, and the next
 save removes the partial `.tmp` folder. Only the newest `keep_last` published checkpoints stay, plus
 the one the run resumed from.
+
+Every checkpoint is self-describing: `model_config.json` and the tokenizer's file(s) sit beside the
+shards, so evaluation, generation, fine-tuning and export need nothing but the folder. A *model
+folder* (written by `megagpt.convert from-hf` and `megagpt.finetune`) has the same two plus one
+`model.safetensors`; everything that reads a model accepts either.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -19,10 +26,18 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+import yaml
 from deepspeed.accelerator import get_accelerator
+from safetensors.torch import load_file, save_file
+
+from megagpt.config import ModelConfig
+from megagpt.model import GPT
+from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 
 LATEST = "latest"
 TAG = re.compile(r"step(\d{8})")
+MODEL_CONFIG = "model_config.json"
+WEIGHTS = "model.safetensors"
 
 
 def tag_for(step: int) -> str:
@@ -30,7 +45,8 @@ def tag_for(step: int) -> str:
 
 
 def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_state: dict[str, Any],
-         keep_last: int = 0, keep: Path | None = None) -> Path:
+         model_config: ModelConfig, tokenizer: AnyTokenizer, keep_last: int = 0,
+         keep: Path | None = None) -> Path:
     """Write the checkpoint of `step` on all ranks; returns its published folder.
 
     Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and `keep`
@@ -45,6 +61,8 @@ def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_stat
     dist.barrier()
     engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
     torch.save(_rng_state(), folder / tmp_tag / f"rng_rank{rank:05d}.pt")
+    if rank == 0:
+        write_description(folder / tmp_tag, model_config, tokenizer)
     dist.barrier()
     final = folder / tag
     if rank == 0:
@@ -98,6 +116,95 @@ def load(engine: deepspeed.DeepSpeedEngine, path: Path) -> dict[str, Any]:
         )
     _set_rng_state(torch.load(rng_file, weights_only=True))
     return client_state
+
+
+def write_description(folder: Path, model_config: ModelConfig, tokenizer: AnyTokenizer) -> None:
+    """model_config.json and a copy of the tokenizer's file(s): what a reader needs besides weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_CONFIG).write_text(json.dumps(dataclasses.asdict(model_config), indent=2) + "\n")
+    for src, name in tokenizer.files().items():
+        if Path(src).resolve() != (folder / name).resolve():
+            shutil.copyfile(src, folder / name)
+
+
+def save_model(folder: Path, state: dict[str, torch.Tensor], model_config: ModelConfig,
+               tokenizer: AnyTokenizer) -> None:
+    """A model folder: model.safetensors (fp32, the tied lm_head stored once), config, tokenizer."""
+    state = {k: v.detach().float().contiguous() for k, v in state.items() if k != "lm_head.weight"}
+    write_description(folder, model_config, tokenizer)
+    save_file(state, str(folder / WEIGHTS))
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint or model folder `path` means: itself, or what `latest` names in it, in its
+    checkpoints/ (a run folder)."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints"):
+        found = latest(candidate) if candidate.is_dir() else None
+        if found is not None:
+            return found
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Tensor]:
+    """The full fp32 model state of a checkpoint folder (ZeRO stage 0-3 shards, pp=1 / tp=1 layout)
+    or of a model folder, keyed like GPT.state_dict()."""
+    folder = resolve(checkpoint_folder)
+    if (folder / WEIGHTS).is_file():
+        state = load_file(str(folder / WEIGHTS))
+    elif any(folder.glob("*_model_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        # DeepSpeed's own reader; it loads its shards with weights_only=False (they hold its
+        # optimizer objects), so only consolidate checkpoints you trust.
+        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    else:
+        raise FileNotFoundError(
+            f"{folder} holds neither {WEIGHTS} nor DeepSpeed *_model_states.pt shards: pass a "
+            "checkpoint folder (stepNNNNNNNN), a checkpoints/ or run folder with `latest`, or a model folder"
+        )
+    state = {k: v.float() for k, v in state.items()}
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied
+    return state
+
+
+def read_model_config(checkpoint_folder: str | Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint: its model_config.json, or for checkpoints written before
+    those existed, the model section of the run's config.yaml two folders up."""
+    folder = resolve(checkpoint_folder)
+    if (folder / MODEL_CONFIG).is_file():
+        return ModelConfig(**json.loads((folder / MODEL_CONFIG).read_text()))
+    run_config = folder.parent.parent / "config.yaml"
+    if run_config.is_file():
+        return ModelConfig(**yaml.safe_load(run_config.read_text())["model"])
+    raise FileNotFoundError(f"{folder} has no {MODEL_CONFIG} (and no run config.yaml beside its "
+                            "checkpoints/): write one with the model's shape, as megagpt.config.ModelConfig")
+
+
+def find_tokenizer(checkpoint_folder: str | Path) -> AnyTokenizer:
+    """The tokenizer saved in a checkpoint, or for older checkpoints the one its run's data used."""
+    folder = resolve(checkpoint_folder)
+    try:
+        return load_tokenizer(folder)
+    except FileNotFoundError:
+        run_config = folder.parent.parent / "config.yaml"
+        if not run_config.is_file():
+            raise
+        data = Path(yaml.safe_load(run_config.read_text())["data"]["path"])  # as the run saw it
+        manifest = json.loads((data / "manifest.json").read_text())
+        return load_tokenizer(data, manifest["tokenizer"]["file"])
+
+
+def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | None = None
+                    ) -> tuple[GPT, AnyTokenizer, torch.device]:
+    """The model (eval mode, on the accelerator unless `device` says otherwise), its tokenizer and
+    the device, from any checkpoint or model folder."""
+    device = torch.device(device or get_accelerator().device_name())
+    model = GPT(read_model_config(checkpoint_folder))
+    model.load_state_dict(consolidated_state_dict(checkpoint_folder))
+    return model.to(device).eval(), find_tokenizer(checkpoint_folder), device
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ GPT-1 (Radford et al. 2018) normalises after each residual addition (post-LN). G
 residual projections by 1/sqrt(2 * n_layer). Both use learned positions, GELU, and an output layer
 tied to the token embedding. Names follow Hugging Face's GPT2LMHeadModel so weights map one to one.
 
+For generation a KVCache keeps each layer's keys and values, so that a new token costs one position
+of compute instead of the whole prefix.
+
 Weights are initialised inside each layer's constructor rather than by a pass over the finished
 model: under `deepspeed.zero.Init` a layer's parameters are partitioned across ranks as soon as
 its constructor returns, so a later init pass would only see empty shards.
@@ -57,13 +60,17 @@ class CausalSelfAttention(nn.Module):
         )
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        if kv is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )
+        else:  # attend to the cached past as well; the cache supplies the causal + padding mask
+            k, v, mask = kv.update(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -91,11 +98,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         if self.pre_ln:
-            x = x + self.attn(self.ln_1(x))
+            x = x + self.attn(self.ln_1(x), kv)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x))
+        x = self.ln_1(x + self.attn(x, kv))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -109,12 +116,71 @@ class Transformer(nn.Module):
         # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(idx.size(1), device=idx.device)
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is None:
+            pos = torch.arange(idx.size(1), device=idx.device)
+            layers = [None] * len(self.h)
+        else:
+            pos, layers = cache.positions(idx.size(1)), cache.layers
         x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.h:
-            x = block(x)
+        for block, kv in zip(self.h, layers):
+            x = block(x, kv)
+        if cache is not None:
+            cache.advance(idx.size(1))
         return self.ln_f(x)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, up to block_size.
+
+    Rows may be left-padded to a common length: `valid` (B, T0) marks the real tokens of the first
+    chunk. Padding is never attended to and positions count real tokens only, so each row computes
+    what it would alone.
+    """
+
+    def __init__(self, config: ModelConfig, valid: torch.Tensor):
+        self.max_len = config.block_size
+        self.valid = valid.new_ones(valid.size(0), self.max_len, dtype=torch.bool)
+        self.valid[:, : valid.size(1)] = valid
+        self.length = 0
+        self.layers = [LayerKV(self) for _ in range(config.n_layer)]
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(B, T) position ids of the next T tokens: real tokens before them, counted per row."""
+        return (self.valid[:, : self.length + T].cumsum(1)[:, self.length :] - 1).clamp(min=0)
+
+    def mask(self, T: int) -> torch.Tensor:
+        """(B, 1, T, S) attention mask of the next T queries over all S = length + T keys."""
+        S = self.length + T
+        query = torch.arange(self.length, S, device=self.valid.device)[:, None]
+        key = torch.arange(S, device=self.valid.device)[None, :]
+        # Each position sees itself: a padding query would otherwise see nothing and give NaN.
+        allowed = (key <= query) & self.valid[:, None, :S] | (key == query)
+        return allowed[:, None]
+
+    def advance(self, T: int) -> None:
+        self.length += T
+
+
+class LayerKV:
+    """One layer's slice of a KVCache, allocated on first use in the dtype the layer computes in."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store the new (B, H, T, D) keys and values; all keys, values and the mask so far."""
+        if self.k is None:
+            shape = (*k.shape[:2], self.cache.max_len, k.size(3))
+            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
+        start, T = self.cache.length, k.size(2)
+        self.k[:, :, start : start + T] = k
+        self.v[:, :, start : start + T] = v
+        return self.k[:, :, : start + T], self.v[:, :, : start + T], self.cache.mask(T)
 
 
 class GPT(nn.Module):
@@ -126,14 +192,16 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy (-1 is ignored)."""
-        if idx.size(1) > self.config.block_size:
-            raise ValueError(
-                f"sequence length {idx.size(1)} exceeds model.block_size={self.config.block_size}"
-            )
-        logits = self.lm_head(self.transformer(idx))
+        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy (-1 is ignored).
+
+        With a `cache`, idx continues the sequences the cache holds and the cache is extended.
+        """
+        length = idx.size(1) + (cache.length if cache is not None else 0)
+        if length > self.config.block_size:
+            raise ValueError(f"sequence length {length} exceeds model.block_size={self.config.block_size}")
+        logits = self.lm_head(self.transformer(idx, cache))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer (sentencepiece): train on a corpus, load, encode, decode.
+"""Byte-level BPE tokenizers: megagpt's own (sentencepiece; train on a corpus, load, encode, decode)
+and GPT-2's (read from OpenAI's `encoder.json` + `vocab.bpe`), so imported GPT-2 weights keep theirs.
 
 Settings follow GPT-2's intent rather than sentencepiece's defaults: no unicode normalisation
 and no whitespace collapsing, so decode(encode(text)) == text for any text; byte fallback, so
@@ -8,15 +9,20 @@ them as whitespace to drop); digits are split, which makes numbers tokenize cons
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import regex
 import sentencepiece as spm
 
 EOS_PIECE = "<|endoftext|>"
+SENTENCEPIECE_FILE = "tokenizer.model"
+GPT2_FILES = ("encoder.json", "vocab.bpe")
 
 
 class Tokenizer:
@@ -83,6 +89,112 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
+
+    def files(self) -> dict[Path, str]:
+        """The file(s) that make this tokenizer, and the name each has inside a checkpoint."""
+        return {self.path: SENTENCEPIECE_FILE}
+
+
+class GPT2Tokenizer:
+    """GPT-2's byte-level BPE, as OpenAI's encoder.py (MIT) computes it, from encoder.json (piece
+    -> id) and vocab.bpe (merges, best first). Hugging Face calls the same files vocab.json and
+    merges.txt; either name is accepted."""
+
+    # GPT-2's pre-tokenizer: contractions, letter runs, digit runs, other runs, each with one
+    # leading space, and whitespace.
+    PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+    def __init__(self, encoder_file: str | Path, merges_file: str | Path):
+        self.encoder_file, self.merges_file = Path(encoder_file), Path(merges_file)
+        for f in (self.encoder_file, self.merges_file):
+            if not f.is_file():
+                raise FileNotFoundError(f"GPT-2 tokenizer file {f} does not exist")
+        try:
+            self.encoder: dict[str, int] = json.loads(self.encoder_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.encoder_file} is not GPT-2's encoder.json (piece -> id): {e}") from None
+        lines = self.merges_file.read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        if any(len(m) != 2 for m in merges):
+            raise ValueError(f"{self.merges_file} is not GPT-2's vocab.bpe (one 'a b' merge a line)")
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.decoder = {i: piece for piece, i in self.encoder.items()}
+        self.byte_to_char = _bytes_to_unicode()
+        self.char_to_byte = {c: b for b, c in self.byte_to_char.items()}
+        if EOS_PIECE not in self.encoder:
+            raise ValueError(f"{self.encoder_file} has no {EOS_PIECE} entry")
+        self.eos_id = self.encoder[EOS_PIECE]
+        data = self.encoder_file.read_bytes() + self.merges_file.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one tokenizer per process; words repeat)
+    def _bpe(self, word: str) -> tuple[str, ...]:
+        parts = tuple(word)
+        while len(parts) > 1:
+            pairs = set(zip(parts, parts[1:]))
+            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            if best not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(parts):
+                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = tuple(merged)
+        return parts
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in self.PATTERN.findall(text):
+            chars = "".join(self.byte_to_char[b] for b in word.encode("utf-8"))
+            ids.extend(self.encoder[piece] for piece in self._bpe(chars))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        chars = "".join(self.decoder[int(i)] for i in ids)
+        return bytes(self.char_to_byte[c] for c in chars).decode("utf-8", errors="replace")
+
+    def files(self) -> dict[Path, str]:
+        return {self.encoder_file: GPT2_FILES[0], self.merges_file: GPT2_FILES[1]}
+
+
+AnyTokenizer = Tokenizer | GPT2Tokenizer
+
+
+def load_tokenizer(folder: str | Path, name: str | None = None) -> AnyTokenizer:
+    """The tokenizer kept in `folder`: a sentencepiece `tokenizer.model` (or the file `name`), or
+    GPT-2's encoder.json + vocab.bpe (Hugging Face's vocab.json + merges.txt)."""
+    folder = Path(folder)
+    if (folder / (name or SENTENCEPIECE_FILE)).is_file():
+        return Tokenizer(folder / (name or SENTENCEPIECE_FILE))
+    for encoder, merges in (GPT2_FILES, ("vocab.json", "merges.txt")):
+        if (folder / encoder).is_file() and (folder / merges).is_file():
+            return GPT2Tokenizer(folder / encoder, folder / merges)
+    raise FileNotFoundError(
+        f"no tokenizer in {folder}: expected {SENTENCEPIECE_FILE} (sentencepiece) or "
+        f"{' + '.join(GPT2_FILES)} (GPT-2 BPE; vocab.json + merges.txt also work); copy them there"
+    )
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes to printable characters (BPE works on these)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
 
 
 def _character_coverage(texts: list[str], vocab_size: int, target: float = 0.9995) -> float:

@@ -136,8 +136,7 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
     texts = []
     for prompt in cfg.sample.prompts:
         ids = sample(engine.module, tokenizer.encode(prompt), cfg.sample.max_new_tokens,
-                     cfg.model.block_size, cfg.sample.temperature, cfg.sample.top_k,
-                     tokenizer.eos_id, generator, engine.device)
+                     cfg.sample.temperature, cfg.sample.top_k, tokenizer.eos_id, generator, engine.device)
         texts.append(prompt + tokenizer.decode(ids))
     engine.train()
     for text in texts:
@@ -222,8 +221,8 @@ def train(cfg: RunConfig) -> int:
         stopping = not last and stop.agreed(device)
         if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
-            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.checkpoint.keep_last,
-                                   keep=resume_from)
+            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,
+                                   cfg.checkpoint.keep_last, keep=resume_from)
             log.info("checkpoint %s", path)
         if stopping:
             log.warning("stopped by %s after step %d; exiting with %d to be requeued",

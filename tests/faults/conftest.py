@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.train.conftest import ROOT, corpus, training_command  # noqa: F401  (corpus: a fixture)
+from tests.train.conftest import ROOT, training_command
 
 
 def start_training(run_dir: Path, shards: Path, *overrides: str) -> subprocess.Popen:

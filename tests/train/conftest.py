@@ -1,4 +1,4 @@
-"""A tiny real corpus built from bundled pages, and a way to run the trainer under a real launcher."""
+"""A way to run the trainer under a real launcher (the corpus fixture is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from pipelines.build import build
-
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """Shards of 30 real web pages with a 512-token BPE, plus its valid/ split."""
-    pages = sorted((ROOT / "data/sample/html").glob("*.html.gz"))[:30]
-    out = tmp_path_factory.mktemp("corpus") / "shards"
-    build(pages, out, vocab_size=512, valid_fraction=0.1, min_chars=200, seed=0)
-    return out
 
 
 def free_port() -> int:
