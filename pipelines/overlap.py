@@ -68,9 +68,13 @@ def _shard_texts(folder: Path) -> Iterator[str]:
 
 
 def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None) -> BloomFilter:
-    """A Bloom filter of every n-gram of the documents in `paths`; under MPI rank r hashes every
-    size-th document from r, all ranks size one filter for the sum of their distinct counts and
-    OR them together, so each rank ends with the filter of the whole training set."""
+    """A Bloom filter of every n-gram of the documents in `paths`.
+
+    Under MPI rank r hashes every size-th document from r; all ranks size one filter for the sum
+    of their distinct counts (an upper bound of the global one, so the fp target holds) and OR
+    them together, so each rank ends with the filter of the whole training set. A rank holds its
+    distinct hashes (8 bytes an 8-gram) before sizing: for a corpus beyond memory, run more ranks.
+    """
     comm = comm or world()
     rank, size = comm.Get_rank(), comm.Get_size()
     chunks = []
