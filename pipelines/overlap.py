@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipelines.bloom import BloomFilter
-from pipelines.mpi import world
+from pipelines.mpi import settle, world
 from pipelines.ngrams import ngram_hashes
 from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
@@ -83,6 +83,7 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
                      disable=rank != 0)
         chunks.extend(ngram_hashes(t, n) for i, t in enumerate(texts) if i % size == rank)
     local = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.uint64)
+    settle(comm)
     distinct_bound = comm.allreduce(len(local))
     bloom = BloomFilter.for_items(distinct_bound, fp, ngram=n, train=[str(p) for p in paths])
     bloom.add(local)
