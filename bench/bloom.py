@@ -5,7 +5,8 @@
 Real text (LAMBADA, WikiText-2 test, the 181 sample articles) is turned into 8-grams the paper's
 way and inserted into, then queried against, a filter sized for them at the same false-positive
 target. Single process, so the figures are per core. Three contenders:
-  megagpt   words -> xxh3 word hashes -> numpy n-gram hashes -> blocked filter (pipelines/bloom.py)
+  megagpt   words -> xxh3 word hashes -> numpy n-gram hashes, 1024 documents a batch, as
+            pipelines.overlap does -> blocked filter (pipelines/bloom.py)
   rbloom    n-gram strings hashed by a stable 64-bit xxh3 (a Python callable, as merging filters
             across processes and saving them needs), Rust filter
   rbloom-py n-gram strings with rbloom's default: Python's hash(), salted per process, so its
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipelines import ngrams  # noqa: E402
 from pipelines.bloom import BloomFilter  # noqa: E402
-from pipelines.ngrams import ngram_hashes, ngram_strings  # noqa: E402
+from pipelines.ngrams import ngram_hashes_batch, ngram_strings  # noqa: E402
 
 
 def texts() -> list[str]:
@@ -57,7 +58,7 @@ class Megagpt:
         self.filter = BloomFilter.for_items(n, fp)
 
     def items(self, docs: list[str]) -> np.ndarray:
-        return np.concatenate([ngram_hashes(d) for d in docs])
+        return np.concatenate([ngram_hashes_batch(docs[i : i + 1024])[0] for i in range(0, len(docs), 1024)])
 
     def insert(self, items: np.ndarray) -> None:
         self.filter = BloomFilter.for_items(self.n, self.fp)

@@ -65,6 +65,27 @@ def ngram_hashes(text: str, n: int = 8) -> np.ndarray:
     return combine(word_hashes(text), n)
 
 
+def ngram_hashes_batch(texts: list[str], n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The n-gram hashes of many documents at once, and how many each document has.
+
+    Same values as ngram_hashes on each text, concatenated; the numpy work is done once for the
+    batch (a short document costs about as much numpy overhead as its hashing otherwise).
+    """
+    per_doc = [words(t) for t in texts]
+    lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
+    everything = [w for ws in per_doc for w in ws]
+    if len(_HASH_CACHE) > _CACHE_LIMIT:
+        _HASH_CACHE.clear()
+    for w in set(everything).difference(_HASH_CACHE):
+        _HASH_CACHE[w] = xxhash.xxh3_64_intdigest(w.encode())
+    hashes = combine(np.fromiter(map(_HASH_CACHE.__getitem__, everything), np.uint64, len(everything)), n)
+    counts = np.maximum(lengths - n + 1, 0)
+    # the n-gram starting at word i of the batch is one of its document's when it ends there too
+    offset_in_doc = np.arange(len(everything)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    inside = offset_in_doc < np.repeat(counts, lengths)
+    return hashes[inside[: len(hashes)]], counts
+
+
 def combine(hashes: np.ndarray, n: int) -> np.ndarray:
     """N-gram hashes from consecutive word hashes (see the module docstring)."""
     if not 1 <= n <= MAX_N:

@@ -15,11 +15,12 @@ filter; `--filter F` reuses it instead of `--train`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,12 @@ from tqdm import tqdm
 
 from pipelines.bloom import BloomFilter
 from pipelines.mpi import settle, world
-from pipelines.ngrams import ngram_hashes
+from pipelines.ngrams import ngram_hashes_batch
 from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
+_DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
 
 
 def iter_texts(path: str | Path) -> Iterator[str]:
@@ -81,7 +83,9 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
     for path in paths:
         texts = tqdm(iter_texts(path), desc=f"hash {Path(path).name}", unit="doc", leave=False,
                      disable=rank != 0)
-        chunks.extend(ngram_hashes(t, n) for i, t in enumerate(texts) if i % size == rank)
+        mine = (t for i, t in enumerate(texts) if i % size == rank)
+        for batch in _batches(mine, _DOCS_A_BATCH):
+            chunks.append(np.unique(ngram_hashes_batch(batch, n)[0]))
     local = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.uint64)
     settle(comm)
     distinct_bound = comm.allreduce(len(local))
@@ -93,16 +97,16 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
     return bloom
 
 
-def overlap(bloom: BloomFilter, texts: Iterator[str], n: int = 8) -> dict[str, Any]:
+def overlap(bloom: BloomFilter, texts: Iterable[str], n: int = 8) -> dict[str, Any]:
     """Share of the n-gram occurrences of `texts` found in `bloom`, overall and per document."""
     found = total = 0
     per_doc = []
-    for text in texts:
-        hashes = ngram_hashes(text, n)
-        if len(hashes):
-            hits = int(bloom.contains(hashes).sum())
-            found, total = found + hits, total + len(hashes)
-            per_doc.append(hits / len(hashes))
+    for batch in _batches(texts, _DOCS_A_BATCH):
+        hashes, counts = ngram_hashes_batch(batch, n)
+        hits = bloom.contains(hashes)
+        doc_hits = np.bincount(np.repeat(np.arange(len(batch)), counts), weights=hits, minlength=len(batch))
+        found, total = found + int(hits.sum()), total + len(hashes)
+        per_doc.extend(doc_hits[counts > 0] / counts[counts > 0])  # documents with an n-gram
     docs = np.array(per_doc)
     return {
         "ngrams": total,
@@ -117,6 +121,12 @@ def overlap(bloom: BloomFilter, texts: Iterator[str], n: int = 8) -> dict[str, A
             "any": float((docs > 0).mean()) if len(docs) else 0.0,  # share of documents with a hit
         },
     }
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def format_table(report: dict[str, dict[str, Any]], n: int) -> str:

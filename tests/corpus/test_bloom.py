@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines.bloom import BloomFilter, size_for
-from pipelines.ngrams import combine, ngram_hashes, ngram_strings, word_hashes, words
+from pipelines.ngrams import combine, ngram_hashes, ngram_hashes_batch, ngram_strings, word_hashes, words
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,10 @@ def test_ngram_normalisation_and_hash_agree_with_strings(articles):
     assert len(np.unique(hashes)) == len(set(strings))  # no collisions on real text
     assert np.array_equal(ngram_hashes("a b c d e f g h i"), combine(word_hashes("A, B c d e f g h i"), 8))
     assert len(ngram_hashes("seven words are not an eight gram")) == 0
+    docs = [*articles[:30], "", "too few words", "exactly eight words in this one short line"]
+    batch, counts = ngram_hashes_batch(docs)
+    assert counts.tolist() == [len(ngram_strings(d)) for d in docs]
+    assert np.array_equal(batch, np.concatenate([ngram_hashes(d) for d in docs]))  # never across documents
 
 
 def test_no_false_negatives_and_fp_at_target(train, absent):
