@@ -6,7 +6,7 @@ import re
 import pytest
 import zstandard
 
-from pipelines.build import build
+from pipelines.build import build, main
 from pipelines.dedup import exact_duplicates, lsh_bands, near_duplicates
 from pipelines.filters import FilterConfig, blocked_domain, reject_reason
 from pipelines.minhash import MinHasher, jaccard_estimate
@@ -92,3 +92,21 @@ def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
     assert stages["decontaminate"]["dropped"] == {"contaminated:lambada": 3, "contaminated:wikitext2": 1}
     assert stages["decontaminate"]["out"] == manifest["documents"] == 40
     assert manifest["settings"]["decontaminate"] == {"lambada": str(LAMBADA), "wikitext2": str(WIKITEXT)}
+
+
+def test_cli_wires_filters_and_decontamination(articles, lambada, tmp_path, capsys):
+    records = [{"text": t, "url": f"https://blog.example.org/{i}"} for i, t in enumerate(articles[:3])]
+    records += [{"text": t} for t in articles[3:12]] + [{"text": articles[12] + "\n\n" + lambada[5]}]
+    raw = tmp_path / "docs.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    assert main(["--input", str(raw), "--output", str(out), "--train-tokenizer", "--vocab-size", "600",
+                 "--valid-fraction", "0", "--block-domain", "example.org",
+                 "--decontaminate", f"lambada={LAMBADA}"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["filter"]["dropped"] == {"blocked_domain:example.org": 3}
+    assert manifest["stages"]["decontaminate"]["dropped"] == {"contaminated:lambada": 1}
+    assert manifest["documents"] == 9
+    assert main(["--input", str(raw), "--output", str(tmp_path / "o2"), "--train-tokenizer",
+                 "--decontaminate", "lambada"]) == 2
+    assert "--decontaminate 'lambada': expected NAME=PATH" in capsys.readouterr().err
