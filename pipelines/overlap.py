@@ -37,26 +37,29 @@ log = logging.getLogger("pipelines.overlap")
 _DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
 
 
-def iter_texts(path: str | Path) -> Iterator[str]:
-    """The documents of a text file, jsonl file, folder of them, or shard folder, in a fixed order."""
+def iter_texts(path: str | Path, rank: int = 0, size: int = 1) -> Iterator[str]:
+    """The documents of a text file, jsonl file, folder of them, or shard folder, in a fixed order;
+    with `size` > 1 only documents i with i mod size == rank (shards decode only those)."""
     path = Path(path)
     if (path / MANIFEST_NAME).is_file():
-        yield from _shard_texts(path)
+        yield from _shard_texts(path, rank, size)
         return
     if path.is_file() and not path.name.endswith(SUFFIXES):  # e.g. WikiText's wiki.test.raw
-        yield read_bytes(path).decode("utf-8", errors="replace")
+        if rank == 0:
+            yield read_bytes(path).decode("utf-8", errors="replace")
         return
     skipped: Counter = Counter()
-    for doc in read_documents(list_inputs([path]), skipped):
+    for i, doc in enumerate(read_documents(list_inputs([path]), skipped)):
         if doc.is_html:
             raise ValueError(f"{doc.source} is HTML; build a corpus from it first "
                              "(python -m pipelines.build) and pass the shard folder")
-        yield doc.content
+        if i % size == rank:
+            yield doc.content
     if skipped:
         raise ValueError(f"{path}: unreadable input {dict(skipped)}; fix or remove those lines/files")
 
 
-def _shard_texts(folder: Path) -> Iterator[str]:
+def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
     from megagpt.tokenizer import Tokenizer
 
     manifest = read_manifest(folder)
@@ -64,9 +67,12 @@ def _shard_texts(folder: Path) -> Iterator[str]:
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
         raise ShardError(f"{tok.path} does not match the sha256 in {folder / MANIFEST_NAME}; "
                          f"rebuild {folder}")
+    index = 0
     for shard in manifest["shards"]:
         for _, tokens, _ in read_shard(folder / shard["name"]):
-            yield tok.decode(tokens[tokens != tok.eos_id])
+            if index % size == rank:
+                yield tok.decode(tokens[tokens != tok.eos_id])
+            index += 1
 
 
 def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None) -> BloomFilter:
@@ -81,10 +87,9 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
     rank, size = comm.Get_rank(), comm.Get_size()
     chunks = []
     for path in paths:
-        texts = tqdm(iter_texts(path), desc=f"hash {Path(path).name}", unit="doc", leave=False,
-                     disable=rank != 0)
-        mine = (t for i, t in enumerate(texts) if i % size == rank)
-        for batch in _batches(mine, _DOCS_A_BATCH):
+        texts = tqdm(iter_texts(path, rank, size), desc=f"hash {Path(path).name}", unit="doc",
+                     leave=False, disable=rank != 0)
+        for batch in _batches(texts, _DOCS_A_BATCH):
             chunks.append(np.unique(ngram_hashes_batch(batch, n)[0]))
     local = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.uint64)
     settle(comm)
