@@ -81,10 +81,11 @@ def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
     raw = tmp_path / "docs.jsonl.zst"
     raw.write_bytes(zstandard.ZstdCompressor().compress(
         "".join(json.dumps(r) + "\n" for r in records).encode()))
-    manifest = build([raw], tmp_path / "out", vocab_size=700, valid_fraction=0.0,
+    (tmp_path / "latin1.txt").write_bytes(articles[50].encode("utf-8") + "café".encode("latin-1"))
+    manifest = build([raw, tmp_path / "latin1.txt"], tmp_path / "out", vocab_size=700, valid_fraction=0.0,
                      decontaminate={"lambada": LAMBADA, "wikitext2": WIKITEXT})
     stages = manifest["stages"]
-    assert stages["read"] == {"in": 57, "out": 57, "dropped": {}}
+    assert stages["read"] == {"in": 58, "out": 57, "dropped": {"bad_utf8": 1}}
     assert stages["filter"]["dropped"] == {"blocked_domain:wikipedia.org": 1, "not_mostly_text": 1,
                                            "too_short": 1}
     assert stages["exact_dedup"]["dropped"] == {"duplicate": 4}
