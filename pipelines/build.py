@@ -44,7 +44,7 @@ from pipelines.dedup import exact_duplicates, near_duplicates
 from pipelines.extract import extract_html
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS, FilterConfig, reject_reason
 from pipelines.minhash import MinHasher
-from pipelines.mpi import LocalComm, world
+from pipelines.mpi import LocalComm, settle, world
 from pipelines.overlap import parse_named
 from pipelines.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
 from pipelines.sources import RawDocument, list_inputs, read_documents
@@ -147,6 +147,7 @@ def build(inputs: Sequence[str | Path], output: str | Path, *, tokenizer: str | 
                                   decontaminator.reject_reason(doc.text)))
 
     # rank 0 decides, in document order, what stays and in which split; everyone learns it
+    settle(comm)
     gathered = comm.gather((early, survivors), root=0)
     plan = _decide(gathered, n_read, skipped, valid_fraction, seed, near_threshold,
                    tokenizer_sample) if rank == 0 else None
@@ -162,6 +163,7 @@ def build(inputs: Sequence[str | Path], output: str | Path, *, tokenizer: str | 
         doc = kept[i]
         tokens = np.array([*tok.encode(doc.text), tok.eos_id], dtype=token_dtype(tok.vocab_size))
         tokenized.append((i, mine[i], doc.digest, tokens, {"source": doc.source, "url": doc.url}))
+    settle(comm)
     everything = comm.gather(tokenized, root=0)
     manifest = None
     if rank == 0:
@@ -172,6 +174,7 @@ def build(inputs: Sequence[str | Path], output: str | Path, *, tokenizer: str | 
             "decontaminate": {k: str(v) for k, v in (decontaminate or {}).items()},
             "decontaminate_threshold": decontaminate_threshold, "valid_fraction": valid_fraction,
             "seed": seed})
+    settle(comm)
     return comm.bcast(manifest, root=0)
 
 
@@ -253,7 +256,7 @@ def _tokenizer(output: Path, given: str | Path | None, vocab_size: int | None, k
     elif given is None:
         sample = set(plan["tokenizer_sample"])
         comm.gather([(i, kept[i].text) for i in sorted(sample & kept.keys())], root=0)
-    comm.Barrier()
+    settle(comm)  # rank 0 may train for minutes
     return Tokenizer.load(tok_path)
 
 

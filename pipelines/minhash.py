@@ -1,11 +1,13 @@
 """MinHash signatures of documents' word 5-gram sets, numpy-vectorised.
 
 A document's shingles are its word n-grams (pipelines/ngrams.py: normalised words, xxh3 word
-hashes combined in numpy, no per-shingle Python call). Permutation j maps a shingle hash h to
-a_j * h + b_j mod 2^64 with a_j odd, a bijection of 64-bit values; the signature keeps each
-permutation's minimum. Two documents agree on a permutation with probability equal to the Jaccard
-similarity of their shingle sets. datasketch's MinHash computes the same estimator but hashes
-each shingle with a Python call (SHA-1 by default); bench/minhash.py compares the two.
+hashes combined in numpy, no per-shingle Python call). Permutation j maps the low 32 bits h of a
+shingle hash to a_j * h + b_j mod 2^32 with a_j odd, a bijection of 32-bit values; the signature
+keeps each permutation's minimum (uint32: half the memory traffic of 64-bit values, and two
+different minima collide with odds 2^-32). Two documents agree on a permutation with probability
+equal to the Jaccard similarity of their shingle sets. datasketch's MinHash computes the same
+estimator but hashes each shingle with a Python call (SHA-1 by default); bench/minhash.py
+compares the two.
 """
 
 from __future__ import annotations
@@ -14,30 +16,34 @@ import numpy as np
 
 from pipelines.ngrams import combine, word_hashes
 
-_CHUNK = 4096  # shingles a pass: bounds the (shingles x permutations) temporary to 4 MB at 128
+_CHUNK = 2048  # shingles a pass: bounds the (shingles x permutations) buffer to 1 MB at 128
 
 
 class MinHasher:
-    """Signatures of `num_perm` uint64 values from word `shingle`-grams, fixed by `seed`."""
+    """Signatures of `num_perm` uint32 values from word `shingle`-grams, fixed by `seed`."""
 
     def __init__(self, num_perm: int = 128, shingle: int = 5, seed: int = 1):
         if num_perm < 1 or shingle < 1:
             raise ValueError(f"MinHash needs num_perm >= 1 and shingle >= 1, got {num_perm}, {shingle}")
         rng = np.random.default_rng(seed)
         self.num_perm, self.shingle = num_perm, shingle
-        self.a = rng.integers(0, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
+        self.a = rng.integers(0, 2**31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
+        self._buf = np.empty((_CHUNK, num_perm), np.uint32)
 
     def signature(self, text: str) -> np.ndarray | None:
         """The document's signature, or None when it has no words to compare."""
         words = word_hashes(text)
         if not len(words):
             return None
-        shingles = np.unique(combine(words, min(self.shingle, len(words))))
-        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        shingles = np.unique(combine(words, min(self.shingle, len(words))).astype(np.uint32))
+        sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for lo in range(0, len(shingles), _CHUNK):
             chunk = shingles[lo : lo + _CHUNK, None]
-            np.minimum(sig, (chunk * self.a + self.b).min(axis=0), out=sig)
+            buf = self._buf[: len(chunk)]
+            np.multiply(chunk, self.a, out=buf)  # uint32 arithmetic wraps: mod 2^32
+            buf += self.b
+            np.minimum(sig, buf.min(axis=0), out=sig)
         return sig
 
 

@@ -15,11 +15,12 @@ filter; `--filter F` reuses it instead of `--train`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +28,38 @@ import numpy as np
 from tqdm import tqdm
 
 from pipelines.bloom import BloomFilter
-from pipelines.mpi import world
-from pipelines.ngrams import ngram_hashes
+from pipelines.mpi import settle, world
+from pipelines.ngrams import ngram_hashes_batch
 from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
+_DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
 
 
-def iter_texts(path: str | Path) -> Iterator[str]:
-    """The documents of a text file, jsonl file, folder of them, or shard folder, in a fixed order."""
+def iter_texts(path: str | Path, rank: int = 0, size: int = 1) -> Iterator[str]:
+    """The documents of a text file, jsonl file, folder of them, or shard folder, in a fixed order;
+    with `size` > 1 only documents i with i mod size == rank (shards decode only those)."""
     path = Path(path)
     if (path / MANIFEST_NAME).is_file():
-        yield from _shard_texts(path)
+        yield from _shard_texts(path, rank, size)
         return
     if path.is_file() and not path.name.endswith(SUFFIXES):  # e.g. WikiText's wiki.test.raw
-        yield read_bytes(path).decode("utf-8", errors="replace")
+        if rank == 0:
+            yield read_bytes(path).decode("utf-8", errors="replace")
         return
     skipped: Counter = Counter()
-    for doc in read_documents(list_inputs([path]), skipped):
+    for i, doc in enumerate(read_documents(list_inputs([path]), skipped)):
         if doc.is_html:
             raise ValueError(f"{doc.source} is HTML; build a corpus from it first "
                              "(python -m pipelines.build) and pass the shard folder")
-        yield doc.content
+        if i % size == rank:
+            yield doc.content
     if skipped:
         raise ValueError(f"{path}: unreadable input {dict(skipped)}; fix or remove those lines/files")
 
 
-def _shard_texts(folder: Path) -> Iterator[str]:
+def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
     from megagpt.tokenizer import Tokenizer
 
     manifest = read_manifest(folder)
@@ -62,23 +67,32 @@ def _shard_texts(folder: Path) -> Iterator[str]:
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
         raise ShardError(f"{tok.path} does not match the sha256 in {folder / MANIFEST_NAME}; "
                          f"rebuild {folder}")
+    index = 0
     for shard in manifest["shards"]:
         for _, tokens, _ in read_shard(folder / shard["name"]):
-            yield tok.decode(tokens[tokens != tok.eos_id])
+            if index % size == rank:
+                yield tok.decode(tokens[tokens != tok.eos_id])
+            index += 1
 
 
 def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None) -> BloomFilter:
-    """A Bloom filter of every n-gram of the documents in `paths`; under MPI rank r hashes every
-    size-th document from r, all ranks size one filter for the sum of their distinct counts and
-    OR them together, so each rank ends with the filter of the whole training set."""
+    """A Bloom filter of every n-gram of the documents in `paths`.
+
+    Under MPI rank r hashes every size-th document from r; all ranks size one filter for the sum
+    of their distinct counts (an upper bound of the global one, so the fp target holds) and OR
+    them together, so each rank ends with the filter of the whole training set. A rank holds its
+    distinct hashes (8 bytes an 8-gram) before sizing: for a corpus beyond memory, run more ranks.
+    """
     comm = comm or world()
     rank, size = comm.Get_rank(), comm.Get_size()
     chunks = []
     for path in paths:
-        texts = tqdm(iter_texts(path), desc=f"hash {Path(path).name}", unit="doc", leave=False,
-                     disable=rank != 0)
-        chunks.extend(ngram_hashes(t, n) for i, t in enumerate(texts) if i % size == rank)
+        texts = tqdm(iter_texts(path, rank, size), desc=f"hash {Path(path).name}", unit="doc",
+                     leave=False, disable=rank != 0)
+        for batch in _batches(texts, _DOCS_A_BATCH):
+            chunks.append(np.unique(ngram_hashes_batch(batch, n)[0]))
     local = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.uint64)
+    settle(comm)
     distinct_bound = comm.allreduce(len(local))
     bloom = BloomFilter.for_items(distinct_bound, fp, ngram=n, train=[str(p) for p in paths])
     bloom.add(local)
@@ -88,16 +102,16 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
     return bloom
 
 
-def overlap(bloom: BloomFilter, texts: Iterator[str], n: int = 8) -> dict[str, Any]:
+def overlap(bloom: BloomFilter, texts: Iterable[str], n: int = 8) -> dict[str, Any]:
     """Share of the n-gram occurrences of `texts` found in `bloom`, overall and per document."""
     found = total = 0
     per_doc = []
-    for text in texts:
-        hashes = ngram_hashes(text, n)
-        if len(hashes):
-            hits = int(bloom.contains(hashes).sum())
-            found, total = found + hits, total + len(hashes)
-            per_doc.append(hits / len(hashes))
+    for batch in _batches(texts, _DOCS_A_BATCH):
+        hashes, counts = ngram_hashes_batch(batch, n)
+        hits = bloom.contains(hashes)
+        doc_hits = np.bincount(np.repeat(np.arange(len(batch)), counts), weights=hits, minlength=len(batch))
+        found, total = found + int(hits.sum()), total + len(hashes)
+        per_doc.extend(doc_hits[counts > 0] / counts[counts > 0])  # documents with an n-gram
     docs = np.array(per_doc)
     return {
         "ngrams": total,
@@ -112,6 +126,12 @@ def overlap(bloom: BloomFilter, texts: Iterator[str], n: int = 8) -> dict[str, A
             "any": float((docs > 0).mean()) if len(docs) else 0.0,  # share of documents with a hit
         },
     }
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def format_table(report: dict[str, dict[str, Any]], n: int) -> str:

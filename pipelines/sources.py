@@ -62,7 +62,10 @@ def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocum
         if path.name.endswith(HTML_SUFFIXES):
             yield RawDocument(str(path), str(path), data, is_html=True)
         elif path.name.endswith(TEXT_SUFFIXES):
-            yield RawDocument(str(path), str(path), data.decode("utf-8", errors="replace"), is_html=False)
+            try:
+                yield RawDocument(str(path), str(path), data.decode("utf-8"), is_html=False)
+            except UnicodeDecodeError:  # not UTF-8: counted, not guessed at
+                skipped["bad_utf8"] += 1
         else:
             yield from _jsonl_documents(path, data, skipped)
 

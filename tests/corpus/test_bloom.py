@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipelines.bloom import BloomFilter, size_for
-from pipelines.ngrams import combine, ngram_hashes, ngram_strings, word_hashes, words
+from pipelines.ngrams import combine, ngram_hashes, ngram_hashes_batch, ngram_strings, word_hashes, words
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,10 @@ def test_ngram_normalisation_and_hash_agree_with_strings(articles):
     assert len(np.unique(hashes)) == len(set(strings))  # no collisions on real text
     assert np.array_equal(ngram_hashes("a b c d e f g h i"), combine(word_hashes("A, B c d e f g h i"), 8))
     assert len(ngram_hashes("seven words are not an eight gram")) == 0
+    docs = [*articles[:30], "", "too few words", "exactly eight words in this one short line"]
+    batch, counts = ngram_hashes_batch(docs)
+    assert counts.tolist() == [len(ngram_strings(d)) for d in docs]
+    assert np.array_equal(batch, np.concatenate([ngram_hashes(d) for d in docs]))  # never across documents
 
 
 def test_no_false_negatives_and_fp_at_target(train, absent):
@@ -52,7 +56,7 @@ def test_no_false_negatives_and_fp_at_target(train, absent):
 
 def test_sizing_follows_the_target():
     bits, k, g = size_for(1e-8)
-    assert 38.3 < bits <= 46 and g == 2  # classic optimum is 38.3 bits an item
+    assert 38.3 < bits <= 42 and (k, g) == (1, 3)  # a classic filter needs 38.3 bits an item
     assert size_for(1e-2)[0] < size_for(1e-3)[0] < bits
     with pytest.raises(ValueError, match="must be in"):
         size_for(0.0)
@@ -84,3 +88,14 @@ def test_save_and_memory_map_back(train, tmp_path):
     (tmp_path / "junk.bloom").write_bytes(b"x" * 100)
     with pytest.raises(ValueError, match="junk.bloom.*not a megagpt Bloom filter"):
         BloomFilter.load(tmp_path / "junk.bloom")
+
+
+def test_items_sharing_a_block_in_one_batch_all_get_in():
+    """A 4-block filter: thousands of items of one batch land in the same blocks."""
+    items = np.random.default_rng(1).integers(0, 2**63, 5000, dtype=np.uint64)
+    at_once, one_by_one = BloomFilter(4, 1, 3), BloomFilter(4, 1, 3)
+    at_once.add(items)
+    for item in items[:300]:
+        one_by_one.add(item[None])
+    one_by_one.add(items[300:])
+    assert at_once == one_by_one and at_once.contains(items).all()

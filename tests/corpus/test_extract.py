@@ -2,24 +2,12 @@
 
 import gzip
 import json
-import re
-from collections import Counter
 from pathlib import Path
 
 from pipelines.clean import clean_text
-from pipelines.extract import extract_html
+from pipelines.extract import extract_html, word_scores
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data/sample"
-
-
-def word_f1(predicted: str, truth: str) -> float:
-    """Bag-of-words F1, the article-extraction-benchmark's metric."""
-    p, t = (Counter(re.findall(r"\w+", s.lower())) for s in (predicted, truth))
-    common = sum((p & t).values())
-    if not common:
-        return 0.0
-    precision, recall = common / sum(p.values()), common / sum(t.values())
-    return 2 * precision * recall / (precision + recall)
 
 
 def test_main_text_matches_ground_truth_on_real_pages():
@@ -29,7 +17,7 @@ def test_main_text_matches_ground_truth_on_real_pages():
     for key in keys:
         html = gzip.decompress((SAMPLE / "html" / f"{key}.html.gz").read_bytes())
         page = extract_html(html)
-        scores.append(word_f1(clean_text(page.text), truth[key]["articleBody"]))
+        scores.append(word_scores(clean_text(page.text), truth[key]["articleBody"])[2])
     assert sum(scores) / len(scores) > 0.9, scores
     assert sum(s > 0.8 for s in scores) >= len(scores) - 2
 

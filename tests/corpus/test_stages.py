@@ -6,7 +6,7 @@ import re
 import pytest
 import zstandard
 
-from pipelines.build import build
+from pipelines.build import build, main
 from pipelines.dedup import exact_duplicates, lsh_bands, near_duplicates
 from pipelines.filters import FilterConfig, blocked_domain, reject_reason
 from pipelines.minhash import MinHasher, jaccard_estimate
@@ -81,10 +81,11 @@ def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
     raw = tmp_path / "docs.jsonl.zst"
     raw.write_bytes(zstandard.ZstdCompressor().compress(
         "".join(json.dumps(r) + "\n" for r in records).encode()))
-    manifest = build([raw], tmp_path / "out", vocab_size=700, valid_fraction=0.0,
+    (tmp_path / "latin1.txt").write_bytes(articles[50].encode("utf-8") + "café".encode("latin-1"))
+    manifest = build([raw, tmp_path / "latin1.txt"], tmp_path / "out", vocab_size=700, valid_fraction=0.0,
                      decontaminate={"lambada": LAMBADA, "wikitext2": WIKITEXT})
     stages = manifest["stages"]
-    assert stages["read"] == {"in": 57, "out": 57, "dropped": {}}
+    assert stages["read"] == {"in": 58, "out": 57, "dropped": {"bad_utf8": 1}}
     assert stages["filter"]["dropped"] == {"blocked_domain:wikipedia.org": 1, "not_mostly_text": 1,
                                            "too_short": 1}
     assert stages["exact_dedup"]["dropped"] == {"duplicate": 4}
@@ -92,3 +93,21 @@ def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
     assert stages["decontaminate"]["dropped"] == {"contaminated:lambada": 3, "contaminated:wikitext2": 1}
     assert stages["decontaminate"]["out"] == manifest["documents"] == 40
     assert manifest["settings"]["decontaminate"] == {"lambada": str(LAMBADA), "wikitext2": str(WIKITEXT)}
+
+
+def test_cli_wires_filters_and_decontamination(articles, lambada, tmp_path, capsys):
+    records = [{"text": t, "url": f"https://blog.example.org/{i}"} for i, t in enumerate(articles[:3])]
+    records += [{"text": t} for t in articles[3:12]] + [{"text": articles[12] + "\n\n" + lambada[5]}]
+    raw = tmp_path / "docs.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    assert main(["--input", str(raw), "--output", str(out), "--train-tokenizer", "--vocab-size", "600",
+                 "--valid-fraction", "0", "--block-domain", "example.org",
+                 "--decontaminate", f"lambada={LAMBADA}"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["filter"]["dropped"] == {"blocked_domain:example.org": 3}
+    assert manifest["stages"]["decontaminate"]["dropped"] == {"contaminated:lambada": 1}
+    assert manifest["documents"] == 9
+    assert main(["--input", str(raw), "--output", str(tmp_path / "o2"), "--train-tokenizer",
+                 "--decontaminate", "lambada"]) == 2
+    assert "--decontaminate 'lambada': expected NAME=PATH" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+"""8-gram Bloom filter throughput: megagpt's blocked numpy filter against rbloom, side by side.
+
+    python bench/bloom.py [--repeat 3] [--fp 1e-8] [--json bench/results/bloom-DATE.json]
+
+Real text (LAMBADA, WikiText-2 test, the 181 sample articles) is turned into 8-grams the paper's
+way and inserted into, then queried against, a filter sized for them at the same false-positive
+target. Single process, so the figures are per core. Three contenders:
+  megagpt   words -> xxh3 word hashes -> numpy n-gram hashes, 1024 documents a batch, as
+            pipelines.overlap does -> blocked filter (pipelines/bloom.py)
+  rbloom    n-gram strings hashed by a stable 64-bit xxh3 (a Python callable, as merging filters
+            across processes and saving them needs), Rust filter
+  rbloom-py n-gram strings with rbloom's default: Python's hash(), salted per process, so its
+            filters cannot be merged across ranks or reused later; shown for the record
+Two timings each: end to end from document text (word hashes not cached yet), and the filter
+alone (hashes / fresh strings ready). The best of --repeat runs is kept; ratios are
+megagpt / rbloom (above 1: megagpt is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import rbloom
+import xxhash
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipelines import ngrams  # noqa: E402
+from pipelines.bloom import BloomFilter  # noqa: E402
+from pipelines.ngrams import ngram_hashes_batch, ngram_strings  # noqa: E402
+
+
+def texts() -> list[str]:
+    truth = json.loads((ROOT / "data/sample/ground-truth.json").read_text())
+    lambada = (ROOT / "data/eval/lambada/lambada_test.jsonl").read_text().splitlines()
+    wikitext = (ROOT / "data/eval/wikitext-2-raw/wiki.test.raw").read_text()
+    articles = [page["articleBody"] for page in truth.values()]
+    return [json.loads(line)["text"] for line in lambada] + [wikitext] + articles
+
+
+def stable_hash(s: str) -> int:
+    return xxhash.xxh3_64_intdigest(s.encode()) - (1 << 63)  # rbloom wants a signed 64-bit int
+
+
+class Megagpt:
+    """pipelines.bloom: a batch of documents is hashed to one uint64 array, then one add/contains."""
+
+    def __init__(self, n: int, fp: float):
+        self.n, self.fp = n, fp
+        self.filter = BloomFilter.for_items(n, fp)
+
+    def items(self, docs: list[str]) -> np.ndarray:
+        return np.concatenate([ngram_hashes_batch(docs[i : i + 1024])[0] for i in range(0, len(docs), 1024)])
+
+    def insert(self, items: np.ndarray) -> None:
+        self.filter = BloomFilter.for_items(self.n, self.fp)
+        self.filter.add(items)
+
+    def query(self, items: np.ndarray) -> bool:
+        return bool(self.filter.contains(items).all())
+
+    def bits(self) -> int:
+        return self.filter.n_bits
+
+
+class Rbloom:
+    """rbloom.Bloom over the n-gram strings, with the given hash function (None: Python's hash)."""
+
+    def __init__(self, n: int, fp: float, hash_func=None):
+        self.n, self.fp = n, fp
+        self.kwargs = {"hash_func": hash_func} if hash_func else {}
+        self.filter = rbloom.Bloom(n, fp, **self.kwargs)
+
+    def items(self, docs: list[str]) -> list[str]:
+        return [g for d in docs for g in ngram_strings(d)]  # new str objects: no cached hash
+
+    def insert(self, items: list[str]) -> None:
+        self.filter = rbloom.Bloom(self.n, self.fp, **self.kwargs)
+        self.filter.update(items)
+
+    def query(self, items: list[str]) -> bool:
+        return all(g in self.filter for g in items)
+
+    def bits(self) -> int:
+        return self.filter.size_in_bits
+
+
+def measure_once(contender, docs: list[str], n: int, best: dict[str, float]) -> None:
+    """One run of each operation, end to end from text and of the filter alone; keeps the best rates."""
+    for op in ("insert", "query"):
+        ngrams._HASH_CACHE.clear()  # end to end starts with cold word hashes
+        t = time.perf_counter()
+        getattr(contender, op)(contender.items(docs))
+        seconds = {"end_to_end": time.perf_counter() - t}
+        items = contender.items(docs)
+        t = time.perf_counter()
+        result = getattr(contender, op)(items)
+        seconds["filter_only"] = time.perf_counter() - t
+        assert op == "insert" or result, "a training 8-gram was not found: false negative"
+        for how, sec in seconds.items():
+            best[f"{op}_{how}"] = max(best.get(f"{op}_{how}", 0.0), n / sec)
+
+
+def run(docs: list[str], fp: float, repeat: int) -> dict:
+    """The contenders take turns within each repeat, so that load from other jobs hits all alike."""
+    n = len(Megagpt(1, fp).items(docs))
+    contenders = {"megagpt": Megagpt(n, fp), "rbloom": Rbloom(n, fp, stable_hash), "rbloom-py": Rbloom(n, fp)}
+    results: dict[str, dict[str, float]] = {name: {} for name in contenders}
+    for _ in range(repeat):
+        for name, contender in contenders.items():
+            measure_once(contender, docs, n, results[name])
+    for name, contender in contenders.items():
+        results[name]["bits_per_ngram"] = contender.bits() / n
+    return {"ngrams": n, "fp": fp, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--fp", type=float, default=1e-8)
+    parser.add_argument("--json", default=str(ROOT / f"bench/results/bloom-{date.today()}.json"))
+    args = parser.parse_args()
+    out = run(texts(), args.fp, args.repeat)
+    res = out["results"]
+    keys = [k for k in res["megagpt"] if k != "bits_per_ngram"]
+    print(f"{out['ngrams']} 8-grams, fp target {args.fp}, one process; million 8-grams a second")
+    print(f"{'':<10}" + "".join(f"{k:>20}" for k in keys) + f"{'bits/8-gram':>13}")
+    for name, r in res.items():
+        print(f"{name:<10}" + "".join(f"{r[k] / 1e6:>20.2f}" for k in keys) + f"{r['bits_per_ngram']:>13.1f}")
+    for ref in ("rbloom", "rbloom-py"):
+        out[f"megagpt_over_{ref}"] = {k: res["megagpt"][k] / res[ref][k] for k in keys}
+        print(f"megagpt / {ref:<10}" + "".join(f"{v:>19.2f}x" for v in out[f"megagpt_over_{ref}"].values()))
+    out["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                      "load_average": os.getloadavg()}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
