@@ -23,7 +23,8 @@ enter_checkout() {
   cd "$MEGAGPT_ROOT" || die "cannot cd to MEGAGPT_ROOT=$MEGAGPT_ROOT"
   [ -f megagpt/train.py ] || die "$MEGAGPT_ROOT is not a megagpt checkout: submit from the checkout or set MEGAGPT_ROOT"
   if [ -x .venv/bin/python ]; then
-    PATH="$PWD/.venv/bin:$PATH"
+    # Resolved, as in the shebangs pip wrote: DeepSpeed's op cache is keyed by the paths it compiles.
+    PATH="$(cd .venv && pwd -P)/bin:$PATH"
     export PATH
   fi
   command -v python >/dev/null || die "no python on PATH: activate the environment (./launch.sh setup) before sbatch"
