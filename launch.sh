@@ -4,6 +4,8 @@
 #   ./launch.sh test [ARGS]  set up if needed, then the test suite (ARGS go to pytest)
 #   ./launch.sh setup        only create/update .venv and prebuild DeepSpeed's CPU comm op
 #   ./launch.sh tensorboard  TensorBoard on runs/, bound to 127.0.0.1:6006
+#   ./launch.sh cluster-test [ARGS]  the SLURM and fault tests: a real one-node SLURM on localhost
+#                            (installs Debian's slurmctld, slurmd, munge when missing; needs root)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -67,6 +69,7 @@ case "$cmd" in
   setup) setup ;;
   demo) setup; demo "$@" ;;
   test) setup; python -m pytest "$@" ;;
+  cluster-test) setup; python -m pytest tests/cluster tests/faults "$@" ;;
   tensorboard) setup; exec tensorboard --logdir runs --host 127.0.0.1 --port "${PORT:-6006}" ;;
-  *) echo "usage: ./launch.sh [demo|test|setup|tensorboard] [args]" >&2; exit 2 ;;
+  *) echo "usage: ./launch.sh [demo|test|cluster-test|setup|tensorboard] [args]" >&2; exit 2 ;;
 esac

@@ -30,8 +30,19 @@ class StopRequest:
 
     def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
         self.received: str | None = None
+        self.signals = signals
         for sig in signals:
             signal.signal(sig, self._record)
+
+    def ignore_more(self) -> None:
+        """Once stopping, further signals change nothing: ignore them, also during interpreter exit.
+
+        When the first rank exits with REQUEUE_EXIT_CODE, srun (--kill-on-bad-exit) sends TERM to the
+        others, which may still be tearing down; Python resets its own handlers to the default
+        (death) at exit, but leaves SIG_IGN alone. So every rank still exits with the requeue code.
+        """
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
 
     def _record(self, signum: int, frame: object) -> None:
         if self.received is None:

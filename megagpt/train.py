@@ -219,6 +219,8 @@ def train(cfg: RunConfig) -> int:
             metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
         stopping = not last and stop.agreed(device)
+        if stopping:
+            stop.ignore_more()
         if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
             path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,

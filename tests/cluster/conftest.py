@@ -1,0 +1,210 @@
+"""A real single-node SLURM cluster on localhost (munged, slurmctld, slurmd), started for the session.
+
+Debian's packages are installed when missing (as root, with apt-get). The daemons run without
+systemd, from a slurm.conf whose ports, state, spool, logs and munge socket all live in a temp
+dir, and are stopped by their PIDs at the end. Where packages cannot be installed (not root, no apt)
+the tests skip with that reason, except in CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"SLURM is required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def ensure_installed() -> None:
+    if all(shutil.which(b, path=f"{os.environ['PATH']}:/usr/sbin:/sbin") for b in BINARIES):
+        return
+    if os.geteuid() != 0:
+        unavailable(f"SLURM is not installed and installing {' '.join(PACKAGES)} needs root")
+    if shutil.which("apt-get") is None:
+        unavailable(f"SLURM is not installed and there is no apt-get to install {' '.join(PACKAGES)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            unavailable(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+SLURM_CONF = """\
+ClusterName=megagpt-test
+SlurmctldHost=localhost
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SrunPortRange={srun_ports}
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire: how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket={dir}/munge/munge.socket,cred_expire=10
+SlurmUser=root
+SlurmdUser=root
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+# Schedule every 2 s rather than every 30-60: a requeued job starts as soon as its hold ends.
+SchedulerParameters=sched_interval=2,bf_interval=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SlurmdParameters=config_overrides
+MpiDefault=none
+ReturnToService=2
+KillWait=30
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@dataclass
+class Slurm:
+    """The running cluster: its directory and the environment its commands need (SLURM_CONF)."""
+
+    dir: Path
+    env: dict[str, str]
+
+    def command(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(args, env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def sbatch(self, *args: str, env: dict[str, str] | None = None) -> int:
+        proc = subprocess.run(["sbatch", "--parsable", *args], env={**self.env, **(env or {})}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"sbatch {' '.join(args)}: {proc.stderr}"
+        return int(proc.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` as key=value pairs (JobState, ExitCode, Restarts, ...)."""
+        text = self.command("scontrol", "--oneliner", "show", "job", str(job_id)).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def wait(self, job_id: int, states: tuple[str, ...], timeout: float) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if info.get("JobState") in states:
+                return info
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} not in {states} within {timeout} s: {info}")
+            time.sleep(0.5)
+
+
+def start_daemons(dir: Path, env: dict[str, str]) -> list[Path]:
+    """Start munged, slurmctld, slurmd; return their PID files in start order."""
+    munge = dir / "munge"
+    munge.mkdir()
+    munge.chmod(0o755)  # munged refuses a socket dir others cannot reach, whatever the umask
+    # Our own key: the packaged one belongs to the munge user and munged run as root refuses it.
+    subprocess.run(["mungekey", "--create", f"--keyfile={munge}/munge.key"], check=True, env=env)
+    subprocess.run(["munged", f"--socket={munge}/munge.socket", f"--key-file={munge}/munge.key",
+                    f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
+                    f"--seed-file={munge}/munged.seed"], check=True, env=env)
+    subprocess.run(["slurmctld", "-f", env["SLURM_CONF"]], check=True, env=env)
+    subprocess.run(["slurmd", "-f", env["SLURM_CONF"], "-N", "localhost"], check=True, env=env)
+    return [munge / "munged.pid", dir / "slurmctld.pid", dir / "slurmd.pid"]
+
+
+def stop_daemons(pid_files: list[Path]) -> None:
+    for pid_file in reversed(pid_files):
+        if pid_file.is_file():
+            pid = int(pid_file.read_text().split()[0])
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):  # they clean up and exit within a second or two
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[Slurm]:
+    ensure_installed()
+    # Not under pytest's 0700 tmp dirs: munged wants every folder above its socket open to all.
+    dir = Path(tempfile.mkdtemp(prefix="megagpt-slurm-"))
+    dir.chmod(0o755)
+    (dir / "state").mkdir()
+    (dir / "spool").mkdir()
+    low = free_port()
+    conf = dir / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(
+        dir=dir, ctld_port=free_port(), slurmd_port=free_port(), srun_ports=f"{low}-{low + 20}",
+        cpus=max(2, os.cpu_count() or 2),
+    ))
+    path = f"{Path(os.sys.executable).parent}:{os.environ['PATH']}:/usr/sbin:/sbin"
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=path)
+    pid_files = start_daemons(dir, env)
+    cluster = Slurm(dir, env)
+    try:
+        deadline = time.monotonic() + 60
+        while "idle" not in cluster.command("sinfo", "-h", "-o", "%t", check=False).stdout:
+            if time.monotonic() > deadline:
+                logs = "\n".join((dir / f).read_text()[-2000:] for f in ("slurmctld.log", "slurmd.log")
+                                 if (dir / f).is_file())
+                raise RuntimeError(f"the SLURM node did not come up within 60 s:\n{logs}")
+            time.sleep(0.5)
+        yield cluster
+    finally:
+        stop_daemons(pid_files)
+        shutil.rmtree(dir, ignore_errors=True)
+
+
+# cluster/gpt2_xl.slurm cut down to this machine: one node, 2 CPU ranks, no GPUs, a tiny model.
+TINY_NODE = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15")
+
+
+def tiny_overrides(corpus: Path, max_steps: int) -> list[str]:
+    """key=value arguments that turn configs/gpt2-xl.yaml into a model of seconds on `corpus`."""
+    return [
+        "model.preset=gpt2-tiny", "model.block_size=32", f"data.path={corpus}",
+        f"data.valid_path={corpus}/valid", f"train.max_steps={max_steps}", "train.warmup_steps=2",
+        "train.lr=3e-3", "train.micro_batch_size=4", "train.grad_accum=1", "log.interval=1",
+        "eval.batches=2", "sample.max_new_tokens=8",
+    ]
+
+
+def submit_gpt2_xl(slurm: Slurm, corpus: Path, run_dir: Path, max_steps: int, *overrides: str) -> int:
+    """sbatch cluster/gpt2_xl.slurm as a user would, with the run dir and port in the environment."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return slurm.sbatch(*TINY_NODE, f"--output={run_dir}/slurm-%j.out", "cluster/gpt2_xl.slurm",
+                        *tiny_overrides(corpus, max_steps), *overrides,
+                        env={"MEGAGPT_RUN_DIR": str(run_dir), "MASTER_PORT": str(free_port())})
