@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from megagpt.config import EVAL_TASKS as TASKS
 from megagpt.tokenizer import AnyTokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
@@ -41,7 +42,6 @@ DEFAULT_FILES = {
     "wikitext2": DATA / "wikitext-2-raw" / "wiki.test.raw",
     "lambada": DATA / "lambada" / "lambada_test.jsonl",
 }
-TASKS = ("wikitext2", "lambada", "choice")
 # The bundled WikiText-2 test file (blank lines removed) and its published word-level token count.
 WIKITEXT2_TEST_SHA256 = "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c"
 WIKITEXT2_TEST_WORDS = 245_569
@@ -145,12 +145,23 @@ def wikitext_detokenize(text: str) -> str:
     return text
 
 
+def wikitext_words(path: Path) -> tuple[str, int]:
+    """The file's text and its count of WikiText word-level tokens (whitespace tokens plus one
+    end-of-line token a line); for the bundled test file, the published 245,569, which also counts
+    the end-of-line tokens of the blank lines that copy dropped."""
+    data = path.read_bytes()
+    raw = data.decode("utf-8").replace("\r\n", "\n")  # WikiText's own files end lines with \n
+    if hashlib.sha256(data).hexdigest() == WIKITEXT2_TEST_SHA256:
+        return raw, WIKITEXT2_TEST_WORDS
+    return raw, len(raw.split()) + raw.count("\n")
+
+
 def wikitext2(model: nn.Module, tokenizer: AnyTokenizer, path: Path, device: torch.device | str,
-              stride: int | None = None, progress: bool = True) -> dict[str, float]:
-    raw = path.read_text(encoding="utf-8")
-    if hashlib.sha256(raw.encode("utf-8")).hexdigest() == WIKITEXT2_TEST_SHA256:
-        words = WIKITEXT2_TEST_WORDS
-    else:  # WikiText's word-level count: whitespace tokens plus one end-of-line token a line
+              stride: int | None = None, limit: int | None = None, progress: bool = True
+              ) -> dict[str, float]:
+    raw, words = wikitext_words(path)
+    if limit is not None:  # the first `limit` lines, counted as any other file
+        raw = "".join(raw.splitlines(keepends=True)[:limit])
         words = len(raw.split()) + raw.count("\n")
     ids = [tokenizer.eos_id, *tokenizer.encode(wikitext_detokenize(raw))]  # eos: context for token 1
     nll = token_nlls(model, ids, stride, device, progress=progress).sum().item()
@@ -257,7 +268,7 @@ def run_task(model: nn.Module, tokenizer: AnyTokenizer, task: str, path: str | P
         if task == "wikitext2":
             if shots:
                 raise ValueError("wikitext2 is a perplexity over one text; --shots does not apply")
-            return wikitext2(model, tokenizer, path, device, stride, progress)
+            return wikitext2(model, tokenizer, path, device, stride, limit, progress)
         train: list[str] = []
         if shots:
             if train_file is None:
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file", help="evaluation file (default: the bundled test set of the task)")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples prepended (GPT-3)")
     p.add_argument("--train-file", help="where --shots examples come from (same format as --file)")
-    p.add_argument("--limit", type=int, help="only the first N examples (lambada, choice)")
+    p.add_argument("--limit", type=int, help="first N examples (lambada, choice) or lines (wikitext2)")
     p.add_argument("--stride", type=int, help="wikitext2 sliding-window stride (default block_size/2)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--tb", help="also log the results to this run folder's TensorBoard: eval/<task>_<metric>")

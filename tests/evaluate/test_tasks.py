@@ -74,6 +74,7 @@ def test_wikitext2_reports_token_and_word_perplexity(trained_run, tmp_path):
     r = evaluate.run_task(model, tokenizer, "wikitext2", path, stride=16, progress=False)
     raw = path.read_text()
     assert r["words"] == len(raw.split()) + 20
+    assert evaluate.wikitext_words(WIKI)[1] == 245_569  # the published count, for the bundled file
     assert r["tokens"] == len(tokenizer.encode(evaluate.wikitext_detokenize(raw)))
     assert r["token_ppl"] == pytest.approx(math.exp(r["nll_sum"] / r["tokens"]))
     assert r["word_ppl"] == pytest.approx(math.exp(r["nll_sum"] / r["words"]))
