@@ -126,10 +126,16 @@ class FaultConfig:
     collective_timeout_s: float = 600.0
 
 
+EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.evaluate's tasks
+
+
 @dataclass
 class EvalConfig:
     interval: int = 0  # steps between evaluations; 0 evaluates only at the end
     batches: int = 8  # micro-batches per rank per evaluation
+    # megagpt.evaluate tasks run at each evaluation: "lambada", "wikitext2", or "NAME:FILE"
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int = 200  # first examples (lambada, choice) or lines (wikitext2) of each task; 0: all
 
 
 @dataclass
@@ -179,6 +185,13 @@ class RunConfig:
             )
         if self.train.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.train.lr}")
+        for task in self.eval.tasks:
+            name, _, path = task.partition(":")
+            if name not in EVAL_TASKS or name == "choice" and not path:
+                raise ConfigError(f"eval.tasks entry {task!r}: use one of {', '.join(EVAL_TASKS)}, "
+                                  "optionally NAME:FILE (choice needs its JSONL file)")
+        if self.eval.task_limit < 0:
+            raise ConfigError(f"eval.task_limit must be 0 (all) or positive, got {self.eval.task_limit}")
         if self.parallel.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {self.parallel.zero_stage}")
 

@@ -37,6 +37,7 @@ from megagpt import checkpoint, preemption
 from megagpt.config import ConfigError, RunConfig, load_config
 from megagpt.data import DataState, RankBatches, ShardDataset, open_dataset
 from megagpt.deepspeed_config import build_ds_config
+from megagpt.evaluate import run_task
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
 from megagpt.model import GPT
@@ -144,6 +145,18 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
     metrics.text(step, "samples", "\n\n---\n\n".join(texts))
 
 
+def run_eval_tasks(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: RunConfig, step: int,
+                   metrics: MetricsWriter) -> None:
+    """megagpt.evaluate's tasks on the live model. Every rank runs the same examples: under ZeRO-3
+    each forward gathers parameters collectively."""
+    for task in cfg.eval.tasks:
+        name, _, path = task.partition(":")
+        results = run_task(engine.module, tokenizer, name, path or None, engine.device,
+                           limit=cfg.eval.task_limit or None, progress=False)
+        metrics.log(step, "eval", {f"{name}_{k}": float(v) for k, v in results.items()})
+        log.info("step %d | %s | %s", step, name, " | ".join(f"{k} {v:.4g}" for k, v in results.items()))
+
+
 def train(cfg: RunConfig) -> int:
     """Run the loop; returns the exit code (preemption.REQUEUE_EXIT_CODE when stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
@@ -218,6 +231,8 @@ def train(cfg: RunConfig) -> int:
             eval_loss = evaluate(engine, valid_data, cfg)
             metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
+        if cfg.eval.tasks and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
+            run_eval_tasks(engine, tokenizer, cfg, step, metrics)
         stopping = not last and stop.agreed(device)
         if stopping:
             stop.ignore_more()

@@ -22,8 +22,10 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(corpus, tmp_path_factory) -> Path:
     """The run folder of configs/tiny.yaml trained for 300 steps by 2 DeepSpeed ZeRO-3 ranks: its
-    checkpoint is sharded in two, as real multi-rank checkpoints are."""
+    checkpoint is sharded in two, as real multi-rank checkpoints are. At the end the trainer also
+    runs two evaluation tasks on small subsets (eval.tasks)."""
     run = tmp_path_factory.mktemp("trained") / "run"
     run_training(run, corpus, "train.max_steps=300", "train.warmup_steps=20", "log.interval=50",
-                 "eval.interval=0", "sample.max_new_tokens=0")
+                 "eval.interval=0", "sample.max_new_tokens=0", "eval.tasks=[lambada,wikitext2]",
+                 "eval.task_limit=16")
     return run

@@ -1,0 +1,33 @@
+"""The trainer runs megagpt.evaluate's tasks at evaluation time (eval.tasks) and logs them."""
+
+from __future__ import annotations
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from megagpt import checkpoint, evaluate
+from megagpt.config import ConfigError, load_config
+from tests.train.conftest import read_metrics
+
+
+def test_trainer_logs_task_metrics_equal_to_the_command(trained_run):
+    final = [m for m in read_metrics(trained_run) if "eval_lambada_acc" in m]
+    assert [m["step"] for m in final] == [300]
+    final[0].update(next(m for m in read_metrics(trained_run) if "eval_wikitext2_token_ppl" in m))
+    events = EventAccumulator(str(trained_run))
+    events.Reload()
+    (ppl,) = events.Scalars("eval/wikitext2_token_ppl")
+    assert ppl.step == 300 and ppl.value == pytest.approx(final[0]["eval_wikitext2_token_ppl"])
+    # The same numbers from the saved checkpoint, evaluated alone.
+    model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
+    alone = evaluate.run_task(model, tokenizer, "lambada", limit=16, progress=False)
+    assert final[0]["eval_lambada_examples"] == 16
+    assert final[0]["eval_lambada_ppl"] == pytest.approx(alone["ppl"], rel=1e-4)
+
+
+def test_unknown_or_fileless_tasks_are_refused():
+    with pytest.raises(ConfigError, match="eval.tasks entry 'hellaswag'"):
+        load_config("configs/tiny.yaml", ["eval.tasks=[hellaswag]"])
+    with pytest.raises(ConfigError, match="choice needs its JSONL file"):
+        load_config("configs/tiny.yaml", ["eval.tasks=[choice]"])
+    assert load_config("configs/tiny.yaml", ["eval.tasks=[choice:x.jsonl]"]).eval.tasks == ["choice:x.jsonl"]
