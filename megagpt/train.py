@@ -1,6 +1,7 @@
 """Train a GPT with DeepSpeed.
 
     deepspeed megagpt/train.py --config configs/demo.yaml train.max_steps=100
+    deepspeed --num_gpus 8 megagpt/train.py --config configs/gpt2-xl.yaml parallel.tp=2 parallel.pp=2
     torchrun --nproc_per_node 2 megagpt/train.py --config configs/demo.yaml
     python megagpt/train.py --config configs/demo.yaml          # one process
 
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
+from deepspeed.runtime.pipe.engine import PipelineEngine
 
 from megagpt import checkpoint
 from megagpt.config import ConfigError, RunConfig, load_config
@@ -39,7 +41,10 @@ from megagpt.data import DataState, RankBatches, ShardDataset
 from megagpt.deepspeed_config import build_ds_config
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
-from megagpt.model import GPT
+from megagpt.model import GPT, Layers
+from megagpt.parallel.pipeline import pipeline_gpt
+from megagpt.parallel.tensor import tensor_parallel_layers
+from megagpt.parallel.topology import Topology, plan_layout
 from megagpt.tokenizer import Tokenizer
 
 log = logging.getLogger("megagpt.train")
@@ -94,36 +99,70 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-def build_engine(cfg: RunConfig) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
+def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
+    """The model of `cfg` on this rank's share of the layout, inside a DeepSpeed engine."""
+    layout = topo.layout
     on_gpu = get_accelerator().device_name() != "cpu"
-    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, dist.get_world_size(), on_gpu)
+    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage, on_gpu)
+    layers = tensor_parallel_layers(topo.tp_group) if layout.tp > 1 else Layers()
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
-    # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a rank.
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3):
-        model = GPT(cfg.model)
+    if layout.pp > 1:
+        model = pipeline_gpt(cfg.model, layers, topo.ds_topology, topo.tp_group if layout.tp > 1 else None,
+                             layout.activation_checkpoint)
+        mpu = None  # the PipelineModule brings its own grid of the same topology
+    else:
+        # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a
+        # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,
+                                 data_parallel_group=topo.dp_group, mpu=topo.mpu):
+            model = GPT(cfg.model, layers)
+        mpu = topo.mpu
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.train.weight_decay),
         # The engine steps the schedule at each optimizer step and checkpoints it.
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
         config=ds_config,
+        mpu=mpu,
     )
     return engine, filled
 
 
-def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunConfig) -> float:
+def train_step(engine: deepspeed.DeepSpeedEngine, batches: RankBatches, grad_accum: int) -> torch.Tensor:
+    """One optimizer step over grad_accum micro-batches; returns their mean loss (this dp rank's)."""
+    if isinstance(engine, PipelineEngine):
+        # Every stage draws the micro-batches (only the first and last use them) so that all ranks'
+        # data positions agree, whichever of them a checkpoint records.
+        micro = [next(batches) for _ in range(grad_accum)]
+        return engine.train_batch(iter(micro)).detach()
+    total = torch.zeros((), device=engine.device)
+    for _ in range(grad_accum):
+        x, y = next(batches)
+        _, loss = engine(x.to(engine.device), y.to(engine.device))
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach()
+    return total / grad_accum
+
+
+def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunConfig,
+             topo: Topology) -> float:
     """Mean loss over the first eval.batches global micro-batches of the held-out set (at most all)."""
-    batches = RankBatches(dataset, cfg.train.micro_batch_size, dist.get_rank(), dist.get_world_size())
+    batches = RankBatches(dataset, cfg.train.micro_batch_size, topo.dp_rank, topo.layout.dp)
     n = min(cfg.eval.batches, batches.batches_per_epoch)
     device = engine.device
-    engine.eval()
-    total = torch.zeros((), device=device)
-    with torch.no_grad():
-        for _ in range(n):
-            x, y = next(batches)
-            total += engine(x.to(device), y.to(device))[1]
-    engine.train()
-    dist.all_reduce(total)
+    if isinstance(engine, PipelineEngine):  # the mean of n micro-batches, known on every stage
+        micro = [next(batches) for _ in range(n)]
+        total = engine.eval_batch(iter(micro), num_micro_batches=n).detach() * n
+    else:
+        engine.eval()
+        total = torch.zeros((), device=device)
+        with torch.no_grad():
+            for _ in range(n):
+                x, y = next(batches)
+                total += engine(x.to(device), y.to(device))[1]
+        engine.train()
+    dist.all_reduce(total)  # tp and pp ranks hold their dp rank's loss: the world mean is dp's mean
     return total.item() / (n * dist.get_world_size())
 
 
@@ -146,6 +185,9 @@ def print_samples(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg: 
 
 def train(cfg: RunConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
+    layout = plan_layout(cfg, world)  # refuses an impossible layout before any compute
+    on_gpu = get_accelerator().device_name() != "cpu"
+    log.info("layout: %s | %s", layout.describe(cfg, on_gpu), get_accelerator().device_name())
     run_dir = Path(cfg.log.dir)
     train_data = ShardDataset(cfg.data.path, cfg.model.block_size, cfg.train.seed)
     valid_data = None
@@ -154,16 +196,11 @@ def train(cfg: RunConfig) -> None:
     check_data(cfg, train_data, valid_data)
     tokenizer = Tokenizer.load(train_data.tokenizer_path)
 
-    engine, filled = build_engine(cfg)
+    topo = Topology(layout)
+    engine, filled = build_engine(cfg, topo)
     t = cfg.train
-    global_batch = t.micro_batch_size * t.grad_accum * world
+    global_batch = t.micro_batch_size * t.grad_accum * layout.dp
     log.info("ds_config: filled %s", "; ".join(filled))
-    log.info(
-        "world %d | dp %d | zero %d | batch %d micro x %d accum x %d dp = %d sequences of %d tokens "
-        "| %.2fM parameters | %s", world, world, cfg.parallel.zero_stage, t.micro_batch_size,
-        t.grad_accum, world, global_batch, cfg.model.block_size,
-        engine.module.num_parameters() / 1e6, get_accelerator().device_name(),
-    )
 
     state = DataState()
     resume_from = resolve_resume(cfg)
@@ -174,7 +211,7 @@ def train(cfg: RunConfig) -> None:
         state = DataState(**client["data"])
         log.info("resumed from %s at step %d (epoch %d, window %d)", resume_from,
                  engine.global_steps, state.epoch, state.window)
-    batches = RankBatches(train_data, t.micro_batch_size, rank, world, state)
+    batches = RankBatches(train_data, t.micro_batch_size, topo.dp_rank, layout.dp, state)
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,12 +223,7 @@ def train(cfg: RunConfig) -> None:
 
     while engine.global_steps < t.max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses; the engine advances it in step()
-        for _ in range(t.grad_accum):
-            x, y = next(batches)
-            _, loss = engine(x.to(device), y.to(device))
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach()
+        loss_sum += train_step(engine, batches, t.grad_accum)
         step = engine.global_steps
         steps_in_interval += 1
 
@@ -199,7 +231,7 @@ def train(cfg: RunConfig) -> None:
             dist.all_reduce(loss_sum)
             elapsed = time.perf_counter() - t0
             values = {
-                "loss": loss_sum.item() / (steps_in_interval * t.grad_accum * world),
+                "loss": loss_sum.item() / (steps_in_interval * world),
                 "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or float("nan")),
                 "tokens_per_sec": steps_in_interval * tokens_per_step / elapsed,
@@ -213,7 +245,7 @@ def train(cfg: RunConfig) -> None:
 
         last = step == t.max_steps
         if valid_data is not None and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
-            eval_loss = evaluate(engine, valid_data, cfg)
+            eval_loss = evaluate(engine, valid_data, cfg, topo)
             metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
         if last or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
@@ -221,7 +253,10 @@ def train(cfg: RunConfig) -> None:
             path = checkpoint.save(engine, cfg.checkpoint_dir, step, client)
             log.info("checkpoint %s", path)
         if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
-            print_samples(engine, tokenizer, cfg, step, metrics)
+            if layout.pp == 1:
+                print_samples(engine, tokenizer, cfg, step, metrics)
+            else:
+                log.info("samples skipped: generation needs the whole model, and pp=%d splits it", layout.pp)
     metrics.close()
 
 
