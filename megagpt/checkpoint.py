@@ -1,15 +1,21 @@
-"""Save and resume training through DeepSpeed's engine, published atomically.
+"""Save and resume training through DeepSpeed's engine, published atomically, portable across layouts.
 
 A checkpoint is a folder `step00000050/` holding DeepSpeed's model, optimizer and scheduler state
-(sharded by ZeRO), the data position, and every rank's RNG state. It is written as
+(sharded by ZeRO, tp and pp), the data position, every rank's RNG state, `layout.json`, and
+`portable/stage00.pt`, ...: per pipeline stage the whole fp32 weights and Adam moments under the
+one-process model's names, assembled over dp (ZeRO) and tp. Resuming under the same layout reads
+DeepSpeed's files (exact); under another layout it reads the portable files and cuts them for the
+new layout (DeepSpeed's universal checkpoint and torchtitan's DCP resharding do the same). It is written as
 `step00000050.tmp/` and renamed only once all ranks have finished, and `latest` is replaced
 atomically after that: a crash while saving leaves the previous checkpoint in charge.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +23,34 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_optimizer_state,
+)
+
+from megagpt.parallel.pipeline import PipelineGPT
+from megagpt.parallel.tensor import gather_split, take_split
+from megagpt.parallel.topology import Layout, Topology
 
 LATEST = "latest"
+PORTABLE = "portable"
+MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam's state besides the step count
 
 
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_state: dict[str, Any]) -> Path:
+def save(engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path, step: int,
+         client_state: dict[str, Any]) -> Path:
     """Write the checkpoint of `step` on all ranks; returns its published folder."""
     tag = tag_for(step)
     tmp_tag = f"{tag}.tmp"
     engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
     rank = dist.get_rank()
     torch.save(_rng_state(), folder / tmp_tag / f"rng_rank{rank:05d}.pt")
+    _save_portable(engine, topo, folder / tmp_tag, client_state)
     dist.barrier()
     final = folder / tag
     if rank == 0:
@@ -56,18 +75,118 @@ def latest(folder: Path) -> Path | None:
     return path
 
 
-def load(engine: deepspeed.DeepSpeedEngine, path: Path) -> dict[str, Any]:
-    """Restore engine state and this rank's RNG from `path`; returns the saved client state."""
-    load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
-    if load_path is None:
-        raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
-    rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
-    if not rng_file.is_file():
-        raise FileNotFoundError(
-            f"{rng_file} is missing: the checkpoint was written by fewer ranks than this run has"
-        )
+def saved_layout(path: Path) -> Layout | None:
+    """The layout that wrote the checkpoint `path` (None for one written before layouts were recorded)."""
+    file = path / "layout.json"
+    return Layout(**json.loads(file.read_text())) if file.is_file() else None
+
+
+def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
+    """Restore engine state and the RNG from `path`; returns the saved client state.
+
+    Under the layout that wrote it, DeepSpeed's own files are read. Under another, the portable
+    files: weights, Adam moments and step, lr schedule and step count; the RNG of rank 0 (dropout
+    streams cannot follow a change of layout anyway)."""
+    if saved_layout(path) in (None, topo.layout):
+        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
+        rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
+    else:
+        client_state = _load_portable(engine, topo, path)
+        rng_file = path / f"rng_rank{0:05d}.pt"
     _set_rng_state(torch.load(rng_file, weights_only=True))
     return client_state
+
+
+def consolidated_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights of the checkpoint folder `path`, whatever layout wrote it, as a state dict of
+    the one-process GPT (GPT(config).load_state_dict takes it; lm_head.weight is the tied wte)."""
+    weights = {}
+    for name, states in _read_portable(Path(path))[0].items():
+        weights[name] = states["param"]
+    weights["lm_head.weight"] = weights["transformer.wte.weight"]
+    return weights
+
+
+def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """This rank's parameters with their one-process names, in the same order on every rank of a
+    dp or tp group (the collectives below rely on it)."""
+    module = engine.module
+    for name, param in module.named_parameters():
+        yield (module.serial_name(name) if isinstance(module, PipelineGPT) else name), param
+
+
+def _save_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path,
+                   client_state: dict[str, Any]) -> None:
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in _local_parameters(engine):
+        # Collective over dp (ZeRO shards), then over tp (slices): every rank takes part.
+        full = {"param": safe_get_full_fp32_param(param)}
+        full.update({key: safe_get_full_optimizer_state(param, key) for key in MOMENTS})
+        if any(value is None for value in full.values()):
+            raise RuntimeError(f"{name}: no ZeRO fp32 state to save; megagpt runs ZeRO stages 1-3")
+        split = getattr(param, "tp_split", None)
+        if split is not None:
+            full = {key: gather_split(value, split, topo.tp_group) for key, value in full.items()}
+        states[name] = {key: value.detach().cpu() for key, value in full.items()}
+    if topo.dp_rank == 0 and topo.tp_rank == 0:
+        (path / PORTABLE).mkdir(exist_ok=True)
+        extra = {"step": _adam_step(engine), "global_steps": engine.global_steps,
+                 "global_samples": engine.global_samples,
+                 "lr_scheduler": engine.lr_scheduler.state_dict(), "client_state": client_state}
+        torch.save({"states": states, **extra}, path / PORTABLE / f"stage{topo.pp_rank:02d}.pt")
+    if dist.get_rank() == 0:
+        (path / "layout.json").write_text(json.dumps(topo.layout.__dict__))
+
+
+def _read_portable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    files = sorted((path / PORTABLE).glob("stage*.pt"))
+    if not files:
+        raise FileNotFoundError(f"{path / PORTABLE} holds no stage files: not a megagpt checkpoint folder")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for file in files:  # the tied embedding is in the first and the last stage, equal in both
+        saved = torch.load(file, weights_only=True, mmap=True)
+        states.update(saved.pop("states"))
+    return states, saved
+
+
+def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
+    states, saved = _read_portable(path)
+    for name, param in _local_parameters(engine):
+        if name not in states:
+            raise KeyError(f"{path}: no weights for {name}; was it written for another model shape?")
+        full = states[name]
+        split = getattr(param, "tp_split", None)
+        if split is not None:
+            full = {key: take_split(value, split, topo.tp_group) for key, value in full.items()}
+        _set_weight(param, full["param"].to(param.device), topo)
+        for key in MOMENTS:
+            safe_set_full_optimizer_state(param, full[key].to(param.device), key)
+    engine.optimizer.refresh_fp32_params()  # the optimizer's fp32 master copy from the weights set
+    for state in engine.optimizer.optimizer.state.values():
+        state["step"].fill_(saved["step"])
+    engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    engine.global_steps = saved["global_steps"]
+    engine.global_samples = saved["global_samples"]
+    return saved["client_state"]
+
+
+def _set_weight(param: torch.nn.Parameter, value: torch.Tensor, topo: Topology) -> None:
+    if hasattr(param, "ds_tensor"):  # ZeRO-3: this dp rank's flat slice of the (padded) parameter
+        size = param.ds_tensor.ds_numel
+        start = size * topo.dp_rank
+        flat = value.flatten()[start:start + size]
+        param.ds_tensor.data[: flat.numel()].copy_(flat)
+    else:
+        param.data.copy_(value)
+
+
+def _adam_step(engine: deepspeed.DeepSpeedEngine) -> float:
+    steps = {float(state["step"]) for state in engine.optimizer.optimizer.state.values()}
+    if len(steps) != 1:
+        raise RuntimeError(f"Adam's step counts differ between parameter groups: {sorted(steps)}")
+    return steps.pop()
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -22,7 +22,6 @@ import argparse
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from datetime import timedelta
@@ -42,6 +41,7 @@ from megagpt.deepspeed_config import build_ds_config
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
 from megagpt.model import GPT, Layers
+from megagpt.parallel.launcher import fill_rank_env
 from megagpt.parallel.pipeline import pipeline_gpt
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology, plan_layout
@@ -59,14 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def init_distributed(timeout_minutes: float = 10.0) -> None:
-    """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, none)."""
-    launched = any(k in os.environ for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"))
-    if not launched:  # a plain `python megagpt/train.py`: a world of one
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+    """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, srun, none)."""
+    fill_rank_env()
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
     if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores instead of every rank spawning one thread per core.
@@ -104,28 +98,31 @@ def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEng
     layout = topo.layout
     on_gpu = get_accelerator().device_name() != "cpu"
     ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage, on_gpu)
-    layers = tensor_parallel_layers(topo.tp_group) if layout.tp > 1 else Layers()
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
-    if layout.pp > 1:
-        model = pipeline_gpt(cfg.model, layers, topo.ds_topology, topo.tp_group if layout.tp > 1 else None,
-                             layout.activation_checkpoint)
-        mpu = None  # the PipelineModule brings its own grid of the same topology
-    else:
-        # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a
-        # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,
-                                 data_parallel_group=topo.dp_group, mpu=topo.mpu):
-            model = GPT(cfg.model, layers)
-        mpu = topo.mpu
+    model = build_model(cfg, topo, ds_config)
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.train.weight_decay),
         # The engine steps the schedule at each optimizer step and checkpoints it.
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
         config=ds_config,
-        mpu=mpu,
+        mpu=None if layout.pp > 1 else topo.mpu,  # a PipelineModule brings its own grid
     )
     return engine, filled
+
+
+def build_model(cfg: RunConfig, topo: Topology, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """This rank's part of the GPT: tp slices of its layers, of its pipeline stage, ZeRO-3 sharded."""
+    layout = topo.layout
+    layers = tensor_parallel_layers(topo.tp_group) if layout.tp > 1 else Layers()
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
+    if layout.pp > 1:
+        return pipeline_gpt(cfg.model, layers, topo.ds_topology, topo.tp_group if layout.tp > 1 else None,
+                            layout.activation_checkpoint)
+    # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a
+    # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,
+                             data_parallel_group=topo.dp_group, mpu=topo.mpu):
+        return GPT(cfg.model, layers)
 
 
 def train_step(engine: deepspeed.DeepSpeedEngine, batches: RankBatches, grad_accum: int) -> torch.Tensor:
@@ -205,7 +202,10 @@ def train(cfg: RunConfig) -> None:
     state = DataState()
     resume_from = resolve_resume(cfg)
     if resume_from is not None:
-        client = checkpoint.load(engine, resume_from)
+        if checkpoint.saved_layout(resume_from) not in (None, layout):
+            log.info("resuming under another layout than %s's: reading its portable weights and Adam "
+                     "state", resume_from.name)
+        client = checkpoint.load(engine, topo, resume_from)
         if client.get("tokenizer_sha256") != train_data.tokenizer_sha256:
             raise ValueError(f"{resume_from} was trained with another tokenizer than {cfg.data.path}")
         state = DataState(**client["data"])
@@ -250,7 +250,7 @@ def train(cfg: RunConfig) -> None:
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
         if last or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
-            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client)
+            path = checkpoint.save(engine, topo, cfg.checkpoint_dir, step, client)
             log.info("checkpoint %s", path)
         if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
             if layout.pp == 1:

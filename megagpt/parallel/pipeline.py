@@ -79,7 +79,7 @@ def _one_process_rng_states(config: ModelConfig) -> list[torch.Tensor]:
 
 
 def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
-                 tp_group: dist.ProcessGroup | None, activation_checkpoint: int) -> PipelineModule:
+                 tp_group: dist.ProcessGroup | None, activation_checkpoint: int) -> PipelineGPT:
     """GPT(config, layers) as pipeline stages over `topology`; tp_group is None without tp."""
     rng = _one_process_rng_states(config)
     specs: list[LayerSpec | Callable] = [
@@ -91,7 +91,29 @@ def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
         specs.append(LayerSpec(nn.LayerNorm, config.n_embd, bias=config.bias))
     specs.append(SeededTiedLayerSpec(rng[0], "wte", layers.embedding, config.vocab_size, config.n_embd,
                                      forward_fn=partial(_lm_head, tp_group)))
-    return PipelineModule(
-        specs, topology=topology, loss_fn=layers.cross_entropy, partition_method="parameters",
+    return PipelineGPT(
+        config, specs, topology=topology, loss_fn=layers.cross_entropy, partition_method="parameters",
         activation_checkpoint_interval=activation_checkpoint,
     )
+
+
+class PipelineGPT(PipelineModule):
+    """A PipelineModule that knows the one-process names of its parameters (for checkpoints)."""
+
+    def __init__(self, config: ModelConfig, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config = config
+
+    def serial_name(self, name: str) -> str:
+        """'3.attn.c_attn.weight' -> 'transformer.h.1.attn.c_attn.weight' (layer 0 is the tied
+        token embedding, 1 the positions, then the blocks and the final LayerNorm)."""
+        head, _, rest = name.partition(".")
+        if head == "tied_modules":
+            return "transformer.wte." + rest.partition(".")[2]
+        index = int(head)
+        if index == 1:
+            return "transformer." + rest
+        if index < 2 + self.config.n_layer:
+            return f"transformer.h.{index - 2}.{rest}"
+        return "transformer.ln_f." + rest
+

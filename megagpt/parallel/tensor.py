@@ -61,12 +61,28 @@ def _split(full: torch.Tensor, dim: int, group: dist.ProcessGroup, parts: int = 
     """This rank's share of `full` along `dim`: of each of `parts` equal blocks, the rank-th piece.
 
     Marked `tensor_model_parallel` so that DeepSpeed's gradient norm sums it over the tp group
-    (parameters without the mark are replicated there and counted once)."""
-    rank, size = dist.get_rank(group), dist.get_world_size(group)
-    blocks = full.chunk(parts, dim=dim)
-    param = nn.Parameter(torch.cat([b.chunk(size, dim=dim)[rank] for b in blocks], dim=dim).clone())
+    (parameters without the mark are replicated there and counted once), and with its split so
+    that checkpoints can reassemble it (gather_split / take_split)."""
+    param = nn.Parameter(take_split(full, (dim, parts), group))
     param.tensor_model_parallel = True
+    param.tp_split = (dim, parts)
     return param
+
+
+def take_split(full: torch.Tensor, split: tuple[int, int], group: dist.ProcessGroup) -> torch.Tensor:
+    """This rank's piece of a whole tensor split as `split` = (dim, parts) over `group`."""
+    dim, parts = split
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    return torch.cat([b.chunk(size, dim=dim)[rank] for b in full.chunk(parts, dim=dim)], dim=dim).clone()
+
+
+def gather_split(piece: torch.Tensor, split: tuple[int, int], group: dist.ProcessGroup) -> torch.Tensor:
+    """The whole tensor from every rank's piece (the inverse of take_split); collective over `group`."""
+    dim, parts = split
+    pieces = [torch.empty_like(piece) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(pieces, piece.contiguous(), group=group)
+    blocks = zip(*(p.chunk(parts, dim=dim) for p in pieces))  # per part, its piece from every rank
+    return torch.cat([torch.cat(block, dim=dim) for block in blocks], dim=dim)
 
 
 class ColumnParallelLinear(nn.Module):

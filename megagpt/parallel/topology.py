@@ -91,7 +91,7 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
     if m.n_head % tp:
         raise ConfigError(
             f"parallel.tp={tp} does not divide model.n_head={m.n_head}: tensor parallelism splits "
-            f"whole attention heads; use tp in {[d for d in _divisors(m.n_head) if world % d == 0]}"
+            f"whole attention heads; use tp in {_divisors(m.n_head)} (with tp x pp dividing the world)"
         )
     if m.vocab_size % tp:
         padded = -(-m.vocab_size // (64 * tp)) * 64 * tp
