@@ -119,6 +119,7 @@ def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, 
 
 def _save_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path,
                    client_state: dict[str, Any]) -> None:
+    _link_adam_state(engine)
     states: dict[str, dict[str, torch.Tensor]] = {}
     for name, param in _local_parameters(engine):
         # Collective over dp (ZeRO shards), then over tp (slices): every rank takes part.
@@ -153,6 +154,7 @@ def _read_portable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict
 
 def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
     states, saved = _read_portable(path)
+    _link_adam_state(engine)
     for name, param in _local_parameters(engine):
         if name not in states:
             raise KeyError(f"{path}: no weights for {name}; was it written for another model shape?")
@@ -170,6 +172,23 @@ def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path
     engine.global_steps = saved["global_steps"]
     engine.global_samples = saved["global_samples"]
     return saved["client_state"]
+
+
+def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
+    """Make Adam's state exist for every flat fp32 partition and DeepSpeed's per-parameter views of
+    it point there. torch's AdamW creates its state at the first step (a run resumed under another
+    layout has not stepped yet), and DeepSpeed 0.19's ZeRO-1/2 links the views once, inside the
+    first param group's first step, when the second group (biases, LayerNorms) has no state yet."""
+    zero = engine.optimizer
+    for group in zero.optimizer.param_groups:
+        for flat in group["params"]:
+            state = zero.optimizer.state[flat]
+            if not state:
+                state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
+                             exp_avg_sq=torch.zeros_like(flat))
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
 
 
 def _set_weight(param: torch.nn.Parameter, value: torch.Tensor, topo: Topology) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,12 @@ class LayoutRuns:
         self.corpus, self.root = shards, root
         self.runs: dict[str, Path] = {}
         self.logs: dict[str, str] = {}
-        self.seconds: dict[str, float] = {}
 
     def __getitem__(self, name: str) -> Path:
         if name not in self.runs:
             launcher, nproc, overrides = LAYOUTS[name]
             run = self.root / name
-            start = time.perf_counter()
             proc = run_training(run, self.corpus, *COMMON, *overrides, launcher=launcher, nproc=nproc)
-            self.seconds[name] = time.perf_counter() - start
             self.runs[name], self.logs[name] = run, proc.stdout + proc.stderr
         return self.runs[name]
 
