@@ -169,6 +169,9 @@ def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path
     for state in engine.optimizer.optimizer.state.values():
         state["step"].fill_(saved["step"])
     engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    # load_state_dict restores the schedule's position but leaves the optimizer at the first rate.
+    for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+        group["lr"] = lr
     engine.global_steps = saved["global_steps"]
     engine.global_samples = saved["global_samples"]
     return saved["client_state"]
@@ -180,12 +183,13 @@ def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
     layout has not stepped yet), and DeepSpeed 0.19's ZeRO-1/2 links the views once, inside the
     first param group's first step, when the second group (biases, LayerNorms) has no state yet."""
     zero = engine.optimizer
-    for group in zero.optimizer.param_groups:
-        for flat in group["params"]:
-            state = zero.optimizer.state[flat]
-            if not state:
-                state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
-                             exp_avg_sq=torch.zeros_like(flat))
+    # ZeRO-3 steps its fp32 partitions by swapping them into the param groups one at a time.
+    flats = [p for group in zero.optimizer.param_groups for p in group["params"]]
+    for flat in flats + list(getattr(zero, "fp32_partitioned_groups_flat", [])):
+        state = zero.optimizer.state[flat]
+        if not state:
+            state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
+                         exp_avg_sq=torch.zeros_like(flat))
     if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
         zero._hp_optimizer_states_linked = False
         zero._lazy_init_hp_params_optimizer_state()

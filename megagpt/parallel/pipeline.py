@@ -66,6 +66,12 @@ class SeededTiedLayerSpec(_Seeded, TiedLayerSpec):
     pass
 
 
+def _class_and_kwargs(factory: Callable[..., nn.Module]) -> tuple[type, dict]:
+    if isinstance(factory, partial):
+        return factory.func, dict(factory.keywords)
+    return factory, {}
+
+
 def _one_process_rng_states(config: ModelConfig) -> list[torch.Tensor]:
     """Generator states before wte, wpe and each block, as GPT(config) would draw them."""
     states = []
@@ -82,14 +88,16 @@ def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
                  tp_group: dist.ProcessGroup | None, activation_checkpoint: int) -> PipelineGPT:
     """GPT(config, layers) as pipeline stages over `topology`; tp_group is None without tp."""
     rng = _one_process_rng_states(config)
+    # LayerSpec wants a class: a tensor-parallel layer set binds its group with functools.partial.
+    wte, wte_kwargs = _class_and_kwargs(layers.embedding)
     specs: list[LayerSpec | Callable] = [
-        SeededTiedLayerSpec(rng[0], "wte", layers.embedding, config.vocab_size, config.n_embd),
+        SeededTiedLayerSpec(rng[0], "wte", wte, config.vocab_size, config.n_embd, **wte_kwargs),
         SeededLayerSpec(rng[1], Positions, config),
         *[SeededLayerSpec(state, Block, config, layers) for state in rng[2:]],
     ]
     if config.arch == "gpt2":
         specs.append(LayerSpec(nn.LayerNorm, config.n_embd, bias=config.bias))
-    specs.append(SeededTiedLayerSpec(rng[0], "wte", layers.embedding, config.vocab_size, config.n_embd,
+    specs.append(SeededTiedLayerSpec(rng[0], "wte", wte, config.vocab_size, config.n_embd, **wte_kwargs,
                                      forward_fn=partial(_lm_head, tp_group)))
     return PipelineGPT(
         config, specs, topology=topology, loss_fn=layers.cross_entropy, partition_method="parameters",
