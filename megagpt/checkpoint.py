@@ -1,7 +1,11 @@
-"""Save and resume training through DeepSpeed's engine, published atomically.
+"""Save and resume training through DeepSpeed's engine, published atomically, portable across layouts.
 
 A checkpoint is a folder `step00000050/` holding DeepSpeed's model, optimizer and scheduler state
-(sharded by ZeRO), the data position, and every rank's RNG state. It is written as
+(sharded by ZeRO, tp and pp), the data position, every rank's RNG state, `layout.json`, and
+`portable/stage00.pt`, ...: per pipeline stage the whole fp32 weights and Adam moments under the
+one-process model's names, assembled over dp (ZeRO) and tp. Resuming under the same layout reads
+DeepSpeed's files (exact); under another layout it reads the portable files and cuts them for the
+new layout (DeepSpeed's universal checkpoint and torchtitan's DCP resharding do the same). It is written as
 `step00000050.tmp/` and renamed only once all ranks have finished, and `latest` is replaced
 atomically after that: a crash while saving leaves the previous checkpoint in charge, and the next
 save removes the partial `.tmp` folder. Only the newest `keep_last` published checkpoints stay, plus
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +33,35 @@ import torch
 import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_optimizer_state,
+)
 from safetensors.torch import load_file, save_file
 
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
+from megagpt.parallel.pipeline import PipelineGPT
+from megagpt.parallel.tensor import gather_split, take_split
+from megagpt.parallel.topology import Layout, Topology
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 
 LATEST = "latest"
 TAG = re.compile(r"step(\d{8})")
 MODEL_CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
+PORTABLE = "portable"
+MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam's state besides the step count
 
 
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_state: dict[str, Any],
-         model_config: ModelConfig, tokenizer: AnyTokenizer, keep_last: int = 0,
-         keep: Path | None = None) -> Path:
+def save(engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path, step: int,
+         client_state: dict[str, Any], model_config: ModelConfig, tokenizer: AnyTokenizer,
+         keep_last: int = 0, keep: Path | None = None) -> Path:
     """Write the checkpoint of `step` on all ranks; returns its published folder.
 
     Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and `keep`
@@ -61,6 +76,7 @@ def save(engine: deepspeed.DeepSpeedEngine, folder: Path, step: int, client_stat
     dist.barrier()
     engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
     torch.save(_rng_state(), folder / tmp_tag / f"rng_rank{rank:05d}.pt")
+    _save_portable(engine, topo, folder / tmp_tag, client_state)
     if rank == 0:
         write_description(folder / tmp_tag, model_config, tokenizer)
     dist.barrier()
@@ -104,16 +120,26 @@ def latest(folder: Path) -> Path | None:
     return path
 
 
-def load(engine: deepspeed.DeepSpeedEngine, path: Path) -> dict[str, Any]:
-    """Restore engine state and this rank's RNG from `path`; returns the saved client state."""
-    load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
-    if load_path is None:
-        raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
-    rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
-    if not rng_file.is_file():
-        raise FileNotFoundError(
-            f"{rng_file} is missing: the checkpoint was written by fewer ranks than this run has"
-        )
+def saved_layout(path: Path) -> Layout | None:
+    """The layout that wrote the checkpoint `path` (None for one written before layouts were recorded)."""
+    file = path / "layout.json"
+    return Layout(**json.loads(file.read_text())) if file.is_file() else None
+
+
+def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
+    """Restore engine state and the RNG from `path`; returns the saved client state.
+
+    Under the layout that wrote it, DeepSpeed's own files are read. Under another, the portable
+    files: weights, Adam moments and step, lr schedule and step count; the RNG of rank 0 (dropout
+    streams cannot follow a change of layout anyway)."""
+    if saved_layout(path) in (None, topo.layout):
+        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        if load_path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
+        rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
+    else:
+        client_state = _load_portable(engine, topo, path)
+        rng_file = path / f"rng_rank{0:05d}.pt"
     _set_rng_state(torch.load(rng_file, weights_only=True))
     return client_state
 
@@ -149,21 +175,17 @@ def resolve(path: str | Path) -> Path:
 
 
 def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Tensor]:
-    """The full fp32 model state of a checkpoint folder (ZeRO stage 0-3 shards, pp=1 / tp=1 layout)
-    or of a model folder, keyed like GPT.state_dict()."""
+    """The full fp32 model state of a checkpoint folder, whatever layout wrote it (its portable/
+    files), or of a model folder, keyed like GPT.state_dict() (lm_head.weight is the tied wte)."""
     folder = resolve(checkpoint_folder)
     if (folder / WEIGHTS).is_file():
         state = load_file(str(folder / WEIGHTS))
-    elif any(folder.glob("*_model_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        # DeepSpeed's own reader; it loads its shards with weights_only=False (they hold its
-        # optimizer objects), so only consolidate checkpoints you trust.
-        state = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    elif (folder / PORTABLE).is_dir():
+        state = {name: states["param"] for name, states in _read_portable(folder)[0].items()}
     else:
         raise FileNotFoundError(
-            f"{folder} holds neither {WEIGHTS} nor DeepSpeed *_model_states.pt shards: pass a "
-            "checkpoint folder (stepNNNNNNNN), a checkpoints/ or run folder with `latest`, or a model folder"
+            f"{folder} holds neither {WEIGHTS} nor {PORTABLE}/: pass a checkpoint folder "
+            "(stepNNNNNNNN), a checkpoints/ or run folder with `latest`, or a model folder"
         )
     state = {k: v.float() for k, v in state.items()}
     state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied
@@ -205,6 +227,109 @@ def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | 
     model = GPT(read_model_config(checkpoint_folder))
     model.load_state_dict(consolidated_state_dict(checkpoint_folder))
     return model.to(device).eval(), find_tokenizer(checkpoint_folder), device
+
+
+def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """This rank's parameters with their one-process names, in the same order on every rank of a
+    dp or tp group (the collectives below rely on it)."""
+    module = engine.module
+    for name, param in module.named_parameters():
+        yield (module.serial_name(name) if isinstance(module, PipelineGPT) else name), param
+
+
+def _save_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path,
+                   client_state: dict[str, Any]) -> None:
+    _link_adam_state(engine)
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in _local_parameters(engine):
+        # Collective over dp (ZeRO shards), then over tp (slices): every rank takes part.
+        full = {"param": safe_get_full_fp32_param(param)}
+        full.update({key: safe_get_full_optimizer_state(param, key) for key in MOMENTS})
+        if any(value is None for value in full.values()):
+            raise RuntimeError(f"{name}: no ZeRO fp32 state to save; megagpt runs ZeRO stages 1-3")
+        split = getattr(param, "tp_split", None)
+        if split is not None:
+            full = {key: gather_split(value, split, topo.tp_group) for key, value in full.items()}
+        states[name] = {key: value.detach().cpu() for key, value in full.items()}
+    if topo.dp_rank == 0 and topo.tp_rank == 0:
+        (path / PORTABLE).mkdir(exist_ok=True)
+        extra = {"step": _adam_step(engine), "global_steps": engine.global_steps,
+                 "global_samples": engine.global_samples,
+                 "lr_scheduler": engine.lr_scheduler.state_dict(), "client_state": client_state}
+        torch.save({"states": states, **extra}, path / PORTABLE / f"stage{topo.pp_rank:02d}.pt")
+    if dist.get_rank() == 0:
+        (path / "layout.json").write_text(json.dumps(topo.layout.__dict__))
+
+
+def _read_portable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    files = sorted((path / PORTABLE).glob("stage*.pt"))
+    if not files:
+        raise FileNotFoundError(f"{path / PORTABLE} holds no stage files: not a megagpt checkpoint folder")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for file in files:  # the tied embedding is in the first and the last stage, equal in both
+        saved = torch.load(file, weights_only=True, mmap=True)
+        states.update(saved.pop("states"))
+    return states, saved
+
+
+def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
+    states, saved = _read_portable(path)
+    _link_adam_state(engine)
+    for name, param in _local_parameters(engine):
+        if name not in states:
+            raise KeyError(f"{path}: no weights for {name}; was it written for another model shape?")
+        full = states[name]
+        split = getattr(param, "tp_split", None)
+        if split is not None:
+            full = {key: take_split(value, split, topo.tp_group) for key, value in full.items()}
+        _set_weight(param, full["param"].to(param.device), topo)
+        for key in MOMENTS:
+            safe_set_full_optimizer_state(param, full[key].to(param.device), key)
+    engine.optimizer.refresh_fp32_params()  # the optimizer's fp32 master copy from the weights set
+    for state in engine.optimizer.optimizer.state.values():
+        state["step"].fill_(saved["step"])
+    engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    # load_state_dict restores the schedule's position but leaves the optimizer at the first rate.
+    for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+        group["lr"] = lr
+    engine.global_steps = saved["global_steps"]
+    engine.global_samples = saved["global_samples"]
+    return saved["client_state"]
+
+
+def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
+    """Make Adam's state exist for every flat fp32 partition and DeepSpeed's per-parameter views of
+    it point there. torch's AdamW creates its state at the first step (a run resumed under another
+    layout has not stepped yet), and DeepSpeed 0.19's ZeRO-1/2 links the views once, inside the
+    first param group's first step, when the second group (biases, LayerNorms) has no state yet."""
+    zero = engine.optimizer
+    # ZeRO-3 steps its fp32 partitions by swapping them into the param groups one at a time.
+    flats = [p for group in zero.optimizer.param_groups for p in group["params"]]
+    for flat in flats + list(getattr(zero, "fp32_partitioned_groups_flat", [])):
+        state = zero.optimizer.state[flat]
+        if not state:
+            state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
+                         exp_avg_sq=torch.zeros_like(flat))
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
+
+
+def _set_weight(param: torch.nn.Parameter, value: torch.Tensor, topo: Topology) -> None:
+    if hasattr(param, "ds_tensor"):  # ZeRO-3: this dp rank's flat slice of the (padded) parameter
+        size = param.ds_tensor.ds_numel
+        start = size * topo.dp_rank
+        flat = value.flatten()[start:start + size]
+        param.ds_tensor.data[: flat.numel()].copy_(flat)
+    else:
+        param.data.copy_(value)
+
+
+def _adam_step(engine: deepspeed.DeepSpeedEngine) -> float:
+    steps = {float(state["step"]) for state in engine.optimizer.optimizer.state.values()}
+    if len(steps) != 1:
+        raise RuntimeError(f"Adam's step counts differ between parameter groups: {sorted(steps)}")
+    return steps.pop()
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -102,7 +102,12 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    zero_stage: int = 3
+    """world = dp x pp x tp; dp is what is left of the world once tp and pp are taken."""
+
+    tp: int = 1  # tensor parallel: attention heads, MLP columns and the vocabulary split over tp ranks
+    pp: int = 1  # pipeline stages (DeepSpeed PipelineModule)
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"  # auto: 3 when pp == 1, else 1 (all DeepSpeed allows)
+    activation_checkpoint: int = 0  # pp > 1: recompute activations every N pipeline layers; 0 off
     ds_config: str = "ds_config.json"
 
 
@@ -192,8 +197,9 @@ class RunConfig:
                                   "optionally NAME:FILE (choice needs its JSONL file)")
         if self.eval.task_limit < 0:
             raise ConfigError(f"eval.task_limit must be 0 (all) or positive, got {self.eval.task_limit}")
-        if self.parallel.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {self.parallel.zero_stage}")
+        for key in ("tp", "pp"):
+            if getattr(self.parallel, key) <= 0:
+                raise ConfigError(f"parallel.{key} must be positive, got {getattr(self.parallel, key)}")
 
     @property
     def checkpoint_dir(self) -> Path:

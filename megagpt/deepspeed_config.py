@@ -14,7 +14,7 @@ from megagpt.config import ConfigError, RunConfig
 
 
 def build_ds_config(
-    path: str | Path, run: RunConfig, dp_size: int, on_gpu: bool
+    path: str | Path, run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool
 ) -> tuple[dict[str, Any], list[str]]:
     """The DeepSpeed config for this run, and one line per "auto" value it filled."""
     path = Path(path)
@@ -39,7 +39,7 @@ def build_ds_config(
         "optimizer.params.weight_decay": (t.weight_decay, "train.weight_decay"),
         # On a CPU torch's AdamW avoids a 78 s JIT build of DeepSpeed's fused op for no gain.
         "optimizer.params.torch_adam": (not on_gpu, "accelerator is CPU" if not on_gpu else "GPU"),
-        "zero_optimization.stage": (run.parallel.zero_stage, "parallel.zero_stage"),
+        "zero_optimization.stage": (zero_stage, f"parallel.zero_stage={run.parallel.zero_stage}"),
         "bf16.enabled": (on_gpu, "accelerator has bf16" if on_gpu else "CPU: fp32"),
     }
     filled = []

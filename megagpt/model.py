@@ -5,6 +5,10 @@ GPT-1 (Radford et al. 2018) normalises after each residual addition (post-LN). G
 residual projections by 1/sqrt(2 * n_layer). Both use learned positions, GELU, and an output layer
 tied to the token embedding. Names follow Hugging Face's GPT2LMHeadModel so weights map one to one.
 
+Parallelism enters only through `Layers`, the classes the model builds its projections, token
+embedding and loss from: megagpt.parallel.tensor supplies tensor-parallel ones, and the pipeline
+adapter (megagpt.parallel.pipeline) reuses Block as it is.
+
 For generation a KVCache keeps each layer's keys and values, so that a new token costs one position
 of compute instead of the whole prefix.
 
@@ -15,6 +19,8 @@ its constructor returns, so a later init pass would only see empty shards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,7 +38,10 @@ INIT_STD = 0.02
 class Linear(nn.Linear):
     """nn.Linear with weights drawn from N(0, std) and a zero bias, as in both GPT papers."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = INIT_STD):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, std: float = INIT_STD,
+                 parts: int = 1):
+        # parts: the output is that many stacked blocks (q, k, v), which a tensor-parallel split cuts
+        # one by one; a whole layer has nothing to do with it.
         self.std = std
         super().__init__(in_features, out_features, bias)
 
@@ -49,21 +58,38 @@ class Embedding(nn.Embedding):
         nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
 
 
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The classes a GPT is built from. The defaults are whole layers; megagpt.parallel.tensor
+    supplies ones split over a tensor-parallel group with the same signatures."""
+
+    column: Callable[..., nn.Module] = Linear  # input whole: QKV, MLP in, LM head
+    row: Callable[..., nn.Module] = Linear  # output whole: attention out, MLP out
+    embedding: Callable[..., nn.Module] = Embedding  # token embedding (shares its weight with the LM head)
+    cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _cross_entropy
+    full_logits: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
-        self.n_head = config.n_head
+        self.head_size = config.n_embd // config.n_head
         self.dropout = config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(
+        self.c_attn = layers.column(config.n_embd, 3 * config.n_embd, bias=config.bias, parts=3)
+        self.c_proj = layers.row(
             config.n_embd, config.n_embd, bias=config.bias, std=config.residual_init_std
         )
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        # Heads are counted from the projection's width: a tensor-parallel rank holds only some.
+        q, k, v = self.c_attn(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, -1, self.head_size).transpose(1, 2) for t in (q, k, v))
         if kv is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -71,16 +97,16 @@ class CausalSelfAttention(nn.Module):
         else:  # attend to the cached past as well; the cache supplies the causal + padding mask
             k, v, mask = kv.update(k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = layers.column(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # the papers' GELU (HF's "gelu_new")
-        self.c_proj = Linear(
+        self.c_proj = layers.row(
             4 * config.n_embd, config.n_embd, bias=config.bias, std=config.residual_init_std
         )
         self.dropout = nn.Dropout(config.dropout)
@@ -90,13 +116,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
         self.pre_ln = config.arch == "gpt2"
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layers)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layers)
 
     def forward(self, x: torch.Tensor, kv: LayerKV | None = None) -> torch.Tensor:
         if self.pre_ln:
@@ -107,12 +133,12 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
-        self.wte = Embedding(config.vocab_size, config.n_embd)
+        self.wte = layers.embedding(config.vocab_size, config.n_embd)
         self.wpe = Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, layers) for _ in range(config.n_layer)])
         # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
 
@@ -184,11 +210,12 @@ class LayerKV:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
         self.config = config
-        self.transformer = Transformer(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.layers = layers
+        self.transformer = Transformer(config, layers)
+        self.lm_head = layers.column(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
 
     def forward(
@@ -197,17 +224,14 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy (-1 is ignored).
 
         With a `cache`, idx continues the sequences the cache holds and the cache is extended.
-        """
+        Under tensor parallelism the logits returned with targets are this rank's vocabulary slice:
+        gathering them would cost the memory the vocabulary-parallel loss saves."""
         length = idx.size(1) + (cache.length if cache is not None else 0)
         if length > self.config.block_size:
             raise ValueError(f"sequence length {length} exceeds model.block_size={self.config.block_size}")
         logits = self.lm_head(self.transformer(idx, cache))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
-            )
-        return logits, loss
+        loss = None if targets is None else self.layers.cross_entropy(logits, targets)
+        return (logits if targets is not None else self.layers.full_logits(logits)), loss
 
     def num_parameters(self) -> int:
         """Parameters counted once each (the tied embedding once), as Hugging Face counts them."""

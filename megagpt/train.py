@@ -1,6 +1,8 @@
 """Train a GPT with DeepSpeed.
 
     deepspeed megagpt/train.py --config configs/demo.yaml train.max_steps=100
+    deepspeed --num_gpus 8 megagpt/train.py --config configs/gpt2-medium.yaml parallel.tp=2 parallel.pp=2
+        model.vocab_size=50304   # (same command) tp splits the vocabulary: pad GPT-2's 50257
     torchrun --nproc_per_node 2 megagpt/train.py --config configs/demo.yaml
     python megagpt/train.py --config configs/demo.yaml          # one process
 
@@ -21,7 +23,6 @@ import argparse
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from datetime import timedelta
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
+from deepspeed.runtime.pipe.engine import PipelineEngine
 
 from megagpt import checkpoint, preemption
 from megagpt.config import ConfigError, RunConfig, load_config
@@ -40,7 +42,11 @@ from megagpt.deepspeed_config import build_ds_config
 from megagpt.evaluate import run_task
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
-from megagpt.model import GPT
+from megagpt.model import GPT, Layers
+from megagpt.parallel.launcher import fill_rank_env
+from megagpt.parallel.pipeline import pipeline_gpt
+from megagpt.parallel.tensor import tensor_parallel_layers
+from megagpt.parallel.topology import Topology, plan_layout
 from megagpt.tokenizer import Tokenizer
 
 log = logging.getLogger("megagpt.train")
@@ -55,14 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def init_distributed(timeout_s: float = 600.0) -> None:
-    """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, none)."""
-    launched = any(k in os.environ for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"))
-    if not launched:  # a plain `python megagpt/train.py`: a world of one
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+    """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, srun, none)."""
+    fill_rank_env()
     # A collective outwaiting this raises instead of hanging: a lost rank ends the run (fault.*).
     deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
     if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -96,36 +96,73 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-def build_engine(cfg: RunConfig) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
+def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
+    """The model of `cfg` on this rank's share of the layout, inside a DeepSpeed engine."""
+    layout = topo.layout
     on_gpu = get_accelerator().device_name() != "cpu"
-    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, dist.get_world_size(), on_gpu)
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
-    # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a rank.
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=cfg.parallel.zero_stage == 3):
-        model = GPT(cfg.model)
+    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage, on_gpu)
+    model = build_model(cfg, topo, ds_config)
     engine, *_ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.train.weight_decay),
         # The engine steps the schedule at each optimizer step and checkpoints it.
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
         config=ds_config,
+        mpu=None if layout.pp > 1 else topo.mpu,  # a PipelineModule brings its own grid
     )
     return engine, filled
 
 
-def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunConfig) -> float:
+def build_model(cfg: RunConfig, topo: Topology, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """This rank's part of the GPT: tp slices of its layers, of its pipeline stage, ZeRO-3 sharded."""
+    layout = topo.layout
+    layers = tensor_parallel_layers(topo.tp_group) if layout.tp > 1 else Layers()
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
+    if layout.pp > 1:
+        return pipeline_gpt(cfg.model, layers, topo.ds_topology, topo.tp_group if layout.tp > 1 else None,
+                            layout.activation_checkpoint)
+    # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a
+    # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,
+                             data_parallel_group=topo.dp_group, mpu=topo.mpu):
+        return GPT(cfg.model, layers)
+
+
+def train_step(engine: deepspeed.DeepSpeedEngine, batches: RankBatches, grad_accum: int) -> torch.Tensor:
+    """One optimizer step over grad_accum micro-batches; returns their mean loss (this dp rank's)."""
+    if isinstance(engine, PipelineEngine):
+        # Every stage draws the micro-batches (only the first and last use them) so that all ranks'
+        # data positions agree, whichever of them a checkpoint records.
+        micro = [next(batches) for _ in range(grad_accum)]
+        return engine.train_batch(iter(micro)).detach()
+    total = torch.zeros((), device=engine.device)
+    for _ in range(grad_accum):
+        x, y = next(batches)
+        _, loss = engine(x.to(engine.device), y.to(engine.device))
+        engine.backward(loss)
+        engine.step()
+        total += loss.detach()
+    return total / grad_accum
+
+
+def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunConfig,
+             topo: Topology) -> float:
     """Mean loss over the first eval.batches global micro-batches of the held-out set (at most all)."""
-    batches = RankBatches(dataset, cfg.train.micro_batch_size, dist.get_rank(), dist.get_world_size())
+    batches = RankBatches(dataset, cfg.train.micro_batch_size, topo.dp_rank, topo.layout.dp)
     n = min(cfg.eval.batches, batches.batches_per_epoch)
     device = engine.device
-    engine.eval()
-    total = torch.zeros((), device=device)
-    with torch.no_grad():
-        for _ in range(n):
-            x, y = next(batches)
-            total += engine(x.to(device), y.to(device))[1]
-    engine.train()
-    dist.all_reduce(total)
+    if isinstance(engine, PipelineEngine):  # the mean of n micro-batches, known on every stage
+        micro = [next(batches) for _ in range(n)]
+        total = engine.eval_batch(iter(micro), num_micro_batches=n).detach() * n
+    else:
+        engine.eval()
+        total = torch.zeros((), device=device)
+        with torch.no_grad():
+            for _ in range(n):
+                x, y = next(batches)
+                total += engine(x.to(device), y.to(device))[1]
+        engine.train()
+    dist.all_reduce(total)  # tp and pp ranks hold their dp rank's loss: the world mean is dp's mean
     return total.item() / (n * dist.get_world_size())
 
 
@@ -161,6 +198,9 @@ def train(cfg: RunConfig) -> int:
     """Run the loop; returns the exit code (preemption.REQUEUE_EXIT_CODE when stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
     rank, world = dist.get_rank(), dist.get_world_size()
+    layout = plan_layout(cfg, world)  # refuses an impossible layout before any compute
+    on_gpu = get_accelerator().device_name() != "cpu"
+    log.info("layout: %s | %s", layout.describe(cfg, on_gpu), get_accelerator().device_name())
     run_dir = Path(cfg.log.dir)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None
@@ -169,27 +209,25 @@ def train(cfg: RunConfig) -> int:
     check_data(cfg, train_data, valid_data)
     tokenizer = Tokenizer.load(train_data.tokenizer_path)
 
-    engine, filled = build_engine(cfg)
+    topo = Topology(layout)
+    engine, filled = build_engine(cfg, topo)
     t = cfg.train
-    global_batch = t.micro_batch_size * t.grad_accum * world
+    global_batch = t.micro_batch_size * t.grad_accum * layout.dp
     log.info("ds_config: filled %s", "; ".join(filled))
-    log.info(
-        "world %d | dp %d | zero %d | batch %d micro x %d accum x %d dp = %d sequences of %d tokens "
-        "| %.2fM parameters | %s", world, world, cfg.parallel.zero_stage, t.micro_batch_size,
-        t.grad_accum, world, global_batch, cfg.model.block_size,
-        engine.module.num_parameters() / 1e6, get_accelerator().device_name(),
-    )
 
     state = DataState()
     resume_from = resolve_resume(cfg)
     if resume_from is not None:
-        client = checkpoint.load(engine, resume_from)
+        if checkpoint.saved_layout(resume_from) not in (None, layout):
+            log.info("resuming under another layout than %s's: reading its portable weights and Adam "
+                     "state", resume_from.name)
+        client = checkpoint.load(engine, topo, resume_from)
         if client.get("tokenizer_sha256") != train_data.tokenizer_sha256:
             raise ValueError(f"{resume_from} was trained with another tokenizer than {cfg.data.path}")
         state = DataState(**client["data"])
         log.info("resumed from %s at step %d (epoch %d, window %d)", resume_from,
                  engine.global_steps, state.epoch, state.window)
-    batches = RankBatches(train_data, t.micro_batch_size, rank, world, state)
+    batches = RankBatches(train_data, t.micro_batch_size, topo.dp_rank, layout.dp, state)
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,12 +239,7 @@ def train(cfg: RunConfig) -> int:
 
     while engine.global_steps < t.max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses; the engine advances it in step()
-        for _ in range(t.grad_accum):
-            x, y = next(batches)
-            _, loss = engine(x.to(device), y.to(device))
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach()
+        loss_sum += train_step(engine, batches, t.grad_accum)
         step = engine.global_steps
         steps_in_interval += 1
 
@@ -214,7 +247,7 @@ def train(cfg: RunConfig) -> int:
             dist.all_reduce(loss_sum)
             elapsed = time.perf_counter() - t0
             values = {
-                "loss": loss_sum.item() / (steps_in_interval * t.grad_accum * world),
+                "loss": loss_sum.item() / (steps_in_interval * world),
                 "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or float("nan")),
                 "tokens_per_sec": steps_in_interval * tokens_per_step / elapsed,
@@ -228,7 +261,7 @@ def train(cfg: RunConfig) -> int:
 
         last = step == t.max_steps
         if valid_data is not None and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
-            eval_loss = evaluate(engine, valid_data, cfg)
+            eval_loss = evaluate(engine, valid_data, cfg, topo)
             metrics.log(step, "eval", {"loss": eval_loss, "ppl": math.exp(eval_loss)})
             log.info("step %d | eval loss %.4f | eval ppl %.2f", step, eval_loss, math.exp(eval_loss))
         if cfg.eval.tasks and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
@@ -238,7 +271,7 @@ def train(cfg: RunConfig) -> int:
             stop.ignore_more()
         if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
-            path = checkpoint.save(engine, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,
+            path = checkpoint.save(engine, topo, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,
                                    cfg.checkpoint.keep_last, keep=resume_from)
             log.info("checkpoint %s", path)
         if stopping:
@@ -247,7 +280,10 @@ def train(cfg: RunConfig) -> int:
             metrics.close()
             return preemption.REQUEUE_EXIT_CODE
         if last and cfg.sample.prompts and cfg.sample.max_new_tokens:
-            print_samples(engine, tokenizer, cfg, step, metrics)
+            if layout.pp == 1:
+                print_samples(engine, tokenizer, cfg, step, metrics)
+            else:
+                log.info("samples skipped: generation needs the whole model, and pp=%d splits it", layout.pp)
     metrics.close()
     return 0
 

@@ -59,7 +59,7 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_ds_config_auto_values_are_filled_from_the_run():
     cfg = load_config(None, ["train.micro_batch_size=4", "train.grad_accum=3", "train.lr=1e-3"])
-    ds, filled = build_ds_config(ROOT / "ds_config.json", cfg, dp_size=2, on_gpu=False)
+    ds, filled = build_ds_config(ROOT / "ds_config.json", cfg, dp_size=2, zero_stage=3, on_gpu=False)
     assert ds["train_batch_size"] == 24 and ds["gradient_accumulation_steps"] == 3
     assert ds["optimizer"]["params"]["lr"] == 1e-3
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is False
@@ -73,4 +73,4 @@ def test_ds_config_fixed_value_that_disagrees_is_refused(tmp_path):
     path.write_text(json.dumps(ds))
     cfg = load_config(None, ["train.micro_batch_size=4", f"parallel.ds_config={path}"])
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=16.*train.micro_batch_size"):
-        build_ds_config(path, cfg, dp_size=1, on_gpu=False)
+        build_ds_config(path, cfg, dp_size=1, zero_stage=3, on_gpu=False)

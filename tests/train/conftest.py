@@ -28,6 +28,8 @@ def training_command(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 
     launchers = {
         "deepspeed": ["deepspeed", "--num_gpus", str(nproc), "--master_port", port],
         "torchrun": ["torchrun", "--nproc_per_node", str(nproc), "--master_port", port],
+        # MPICH's mpiexec sets only PMI_*; megagpt.parallel.launcher picks the address and a free port.
+        "mpirun": ["mpiexec", "-n", str(nproc), sys.executable],
         "python": [sys.executable],
     }
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")

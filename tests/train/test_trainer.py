@@ -18,7 +18,7 @@ def test_two_rank_zero3_run_learns_and_logs_everything(corpus, tmp_path):
     run = tmp_path / "run"
     proc = run_training(run, corpus, "train.max_steps=60", "log.interval=10", "eval.interval=20")
     log = proc.stdout + proc.stderr
-    assert "world 2 | dp 2 | zero 3" in log
+    assert "world 2 | dp 2 | pp 1 | tp 1 | zero 3" in log
     assert "ds_config: filled train_micro_batch_size_per_gpu=4" in log
     assert "sample: The" in log
 

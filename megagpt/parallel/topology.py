@@ -1,0 +1,150 @@
+"""The dp x pp x tp layout of a run: checked before any compute, then turned into process groups.
+
+Ranks are laid out as DeepSpeed's PipeModelDataParallelTopology does (axes pipe, data, model with
+model innermost), so the tp ranks of a group are adjacent: on a GPU node they share the fast links.
+The same grid object is the `mpu` DeepSpeed takes, for ZeRO-3 (pp == 1) and for the pipeline engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
+
+from megagpt.config import ConfigError, ModelConfig, RunConfig
+
+# Bytes per parameter of the model states: weights + gradients + Adam (fp32 master, m, v).
+_FP32_STATES = (4, 4, 8)
+_BF16_STATES = (2, 2, 12)
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    dp: int
+    pp: int
+    tp: int
+    zero_stage: int
+    activation_checkpoint: int
+
+    def describe(self, run: RunConfig, on_gpu: bool) -> str:
+        """One line: the layout, batch, parameters and model-state memory per rank."""
+        t = run.train
+        total = count_parameters(run.model)
+        per_rank = parameters_per_rank(run.model, self.tp, self.pp)
+        states = _BF16_STATES if on_gpu else _FP32_STATES
+        # ZeRO-1 shards the optimizer state over dp, ZeRO-2 also the gradients, ZeRO-3 also the weights.
+        shard = [self.zero_stage >= 3, self.zero_stage >= 2, self.zero_stage >= 1]
+        memory = sum(b / (self.dp if s else 1) for b, s in zip(states, shard)) * per_rank
+        return (
+            f"world {self.world} | dp {self.dp} | pp {self.pp} | tp {self.tp} | zero {self.zero_stage} | "
+            f"batch {t.micro_batch_size} micro x {t.grad_accum} accum x {self.dp} dp = "
+            f"{t.micro_batch_size * t.grad_accum * self.dp} sequences of {run.model.block_size} tokens | "
+            f"{total / 1e6:.2f}M parameters, {per_rank / 1e6:.2f}M per rank | model states "
+            f"~{memory / 2**30:.2f} GiB per rank ({'bf16' if on_gpu else 'fp32'} + Adam; "
+            "activations not counted)"
+        )
+
+
+def count_parameters(m: ModelConfig) -> int:
+    """Parameters of the whole model, the tied embedding once (as GPT.num_parameters counts)."""
+    return _embedding_parameters(m) + m.n_layer * _block_parameters(m) + _final_norm_parameters(m)
+
+
+def parameters_per_rank(m: ModelConfig, tp: int, pp: int) -> int:
+    """The most parameters one rank holds before ZeRO: the first stage (embeddings) or a middle one."""
+    blocks_per_stage = -(-m.n_layer // pp)
+    first = m.vocab_size * m.n_embd // tp + m.block_size * m.n_embd
+    final_norm = _final_norm_parameters(m) if pp == 1 else 0
+    return first + blocks_per_stage * _block_parameters(m) // tp + final_norm
+
+
+def _embedding_parameters(m: ModelConfig) -> int:
+    return (m.vocab_size + m.block_size) * m.n_embd
+
+
+def _block_parameters(m: ModelConfig) -> int:
+    c, b = m.n_embd, int(m.bias)
+    layer_norms = 2 * c * (1 + b)
+    attention = 3 * c * c + 3 * c * b + c * c + c * b
+    mlp = 4 * c * c + 4 * c * b + 4 * c * c + c * b
+    return layer_norms + attention + mlp
+
+
+def _final_norm_parameters(m: ModelConfig) -> int:
+    return m.n_embd * (1 + int(m.bias)) if m.arch == "gpt2" else 0
+
+
+def plan_layout(run: RunConfig, world: int) -> Layout:
+    """The layout `run` asks for on `world` processes, or a ConfigError saying why not and what would run."""
+    p, m = run.parallel, run.model
+    tp, pp = p.tp, p.pp
+    if world % (tp * pp):
+        fits = [f"tp={a} pp={b}" for a in _divisors(world) for b in _divisors(world // a)
+                if m.n_head % a == 0 and b <= m.n_layer]
+        raise ConfigError(
+            f"world size {world} is not divisible by parallel.tp x parallel.pp = {tp} x {pp}; "
+            f"dp is what is left of the world, so tp x pp must divide it. On {world} processes these "
+            f"run: {', '.join(fits)}"
+        )
+    if m.n_head % tp:
+        raise ConfigError(
+            f"parallel.tp={tp} does not divide model.n_head={m.n_head}: tensor parallelism splits "
+            f"whole attention heads; use tp in {_divisors(m.n_head)} (with tp x pp dividing the world)"
+        )
+    if m.vocab_size % tp:
+        padded = -(-m.vocab_size // (64 * tp)) * 64 * tp
+        raise ConfigError(
+            f"parallel.tp={tp} does not divide model.vocab_size={m.vocab_size}: the embedding and the "
+            f"LM head are split over the vocabulary; pad it, e.g. model.vocab_size={padded} (the "
+            "extra rows are never a target), or use tp=1"
+        )
+    if pp > m.n_layer:
+        raise ConfigError(
+            f"parallel.pp={pp} is more than model.n_layer={m.n_layer}: each pipeline stage needs a "
+            f"transformer block; use pp <= {m.n_layer}"
+        )
+    stage = p.zero_stage
+    if stage == "auto":
+        # ZeRO-3 where DeepSpeed allows it; its PipelineEngine takes only ZeRO-0/1.
+        stage = 3 if pp == 1 else 1
+    if pp > 1 and stage >= 2:
+        raise ConfigError(
+            f"parallel.zero_stage={stage} with parallel.pp={pp}: DeepSpeed's PipelineEngine refuses "
+            "ZeRO-2 and ZeRO-3 (they communicate per micro-batch, the pipeline runs many); this runs: "
+            f"parallel.zero_stage=1 (or auto) with pp={pp}, or zero_stage={stage} with pp=1"
+        )
+    if p.activation_checkpoint and pp == 1:
+        raise ConfigError(
+            "parallel.activation_checkpoint is applied by the pipeline module (pp > 1); set it to 0 "
+            "with pp=1"
+        )
+    if p.activation_checkpoint < 0:
+        raise ConfigError(f"parallel.activation_checkpoint must be >= 0, got {p.activation_checkpoint}")
+    return Layout(world=world, dp=world // (tp * pp), pp=pp, tp=tp, zero_stage=stage,
+                  activation_checkpoint=p.activation_checkpoint)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+class Topology:
+    """Process groups of a layout. Builds every group on every rank (torch requires it), in one order."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.ds_topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
+        # The grid is DeepSpeed's `mpu`: data-parallel groups for ZeRO, model-parallel ones for clipping.
+        self.mpu = PipelineParallelGrid(topology=self.ds_topology)
+        coord = self.ds_topology.get_coord(dist.get_rank())
+        self.dp_rank, self.pp_rank, self.tp_rank = coord.data, coord.pipe, coord.model
+
+    @property
+    def tp_group(self) -> dist.ProcessGroup:
+        return self.mpu.get_slice_parallel_group()
+
+    @property
+    def dp_group(self) -> dist.ProcessGroup:
+        return self.mpu.get_data_parallel_group()
