@@ -13,7 +13,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from megagpt import checkpoint
 from tests.cluster.conftest import Slurm, submit_gpt2_xl
-from tests.train.conftest import corpus  # noqa: F401  (a fixture: 30 real pages, 512-token BPE)
 
 pytestmark = pytest.mark.slow
 STEPS = 120  # long enough (several seconds) for a requeue to land mid-run

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import corpus, read_metrics, run_training  # noqa: F401
+from tests.train.conftest import read_metrics, run_training
 
 STEPS = 8
 COMMON = (f"train.max_steps={STEPS}", "train.warmup_steps=2", "log.interval=1", "eval.interval=0",

@@ -6,7 +6,7 @@ import pytest
 
 from megagpt.config import ConfigError, load_config
 from megagpt.parallel.topology import count_parameters, parameters_per_rank, plan_layout
-from tests.train.conftest import corpus, run_training  # noqa: F401
+from tests.train.conftest import run_training
 
 
 def plan(world: int, *overrides: str):
