@@ -14,6 +14,9 @@ meaningful peak, so runs there report achieved FLOP/s only.
 
 from __future__ import annotations
 
+import torch
+from deepspeed.accelerator import get_accelerator
+
 from megagpt.config import ModelConfig
 
 # Dense (no sparsity) bf16 peak, FLOP/s. Longer names first: "H100 PCIe" must not match "H100".
@@ -51,6 +54,14 @@ def training_flops_per_token(model: ModelConfig, seq_len: int | None = None) -> 
     """6N + 12 * n_layer * n_embd * T: forward and backward FLOPs spent on one training token."""
     T = seq_len or model.block_size
     return 6 * non_embedding_matmul_params(model) + 12 * model.n_layer * model.n_embd * T
+
+
+def accelerator_name() -> str:
+    """The local accelerator's product name as torch reports it (e.g. "NVIDIA H100 80GB HBM3"), or
+    DeepSpeed's device kind ("cpu") when it has none."""
+    kind = get_accelerator().device_name()
+    get_name = getattr(torch.get_device_module(kind), "get_device_name", None)
+    return get_name() if kind != "cpu" and get_name is not None else kind
 
 
 def device_peak_flops(device_name: str) -> float | None:

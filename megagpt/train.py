@@ -40,6 +40,7 @@ from megagpt.config import ConfigError, RunConfig, load_config
 from megagpt.data import DataState, RankBatches, ShardDataset, open_dataset
 from megagpt.deepspeed_config import build_ds_config
 from megagpt.evaluate import run_task
+from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
 from megagpt.model import GPT, Layers
@@ -235,6 +236,8 @@ def train(cfg: RunConfig) -> int:
     metrics = MetricsWriter(run_dir, enabled=rank == 0)
     device = engine.device
     tokens_per_step = global_batch * cfg.model.block_size
+    flops_per_token = training_flops_per_token(cfg.model)
+    peak = device_peak_flops(accelerator_name())
     loss_sum, steps_in_interval, t0 = torch.zeros((), device=device), 0, time.perf_counter()
 
     while engine.global_steps < t.max_steps:
@@ -246,16 +249,22 @@ def train(cfg: RunConfig) -> int:
         if step % cfg.log.interval == 0 or step == t.max_steps:
             dist.all_reduce(loss_sum)
             elapsed = time.perf_counter() - t0
+            tokens_per_sec = steps_in_interval * tokens_per_step / elapsed
             values = {
                 "loss": loss_sum.item() / (steps_in_interval * world),
                 "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or float("nan")),
-                "tokens_per_sec": steps_in_interval * tokens_per_step / elapsed,
+                "tokens_per_sec": tokens_per_sec,
+                "flops_per_sec_per_device": tokens_per_sec * flops_per_token / world,
             }
+            utilisation = mfu(tokens_per_sec, flops_per_token, world, peak)
+            if utilisation is not None:
+                values["mfu"] = utilisation
             metrics.log(step, "train", values)
-            log.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s", step,
-                     t.max_steps, values["loss"], values["lr"], values["grad_norm"],
-                     values["tokens_per_sec"])
+            log.info("step %d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s | %s", step,
+                     t.max_steps, values["loss"], values["lr"], values["grad_norm"], tokens_per_sec,
+                     f"MFU {utilisation:.1%}" if utilisation is not None
+                     else f"{values['flops_per_sec_per_device'] / 1e9:.1f} GFLOP/s a device")
             loss_sum.zero_()
             steps_in_interval, t0 = 0, time.perf_counter()
 

@@ -3,7 +3,13 @@
 import pytest
 
 from megagpt.config import ModelConfig
-from megagpt.flops import device_peak_flops, mfu, non_embedding_matmul_params, training_flops_per_token
+from megagpt.flops import (
+    accelerator_name,
+    device_peak_flops,
+    mfu,
+    non_embedding_matmul_params,
+    training_flops_per_token,
+)
 from megagpt.model import GPT
 
 
@@ -37,3 +43,8 @@ def test_mfu_is_achieved_over_peak():
     value = mfu(374_000, training_flops_per_token(config), 8, 989e12)
     assert 0.45 < value < 0.55
     assert mfu(1000, 1e9, 1, None) is None
+
+
+def test_a_cpu_has_no_peak_so_runs_report_flops_only():
+    assert accelerator_name() == "cpu"
+    assert device_peak_flops(accelerator_name()) is None

@@ -21,6 +21,7 @@ def test_two_rank_zero3_run_learns_and_logs_everything(corpus, tmp_path):
     assert "world 2 | dp 2 | pp 1 | tp 1 | zero 3" in log
     assert "ds_config: filled train_micro_batch_size_per_gpu=4" in log
     assert "sample: The" in log
+    assert "GFLOP/s a device" in log  # achieved FLOP/s on every log line (MFU on a known GPU)
 
     metrics = read_metrics(run)
     train = [m for m in metrics if "loss" in m]
@@ -36,7 +37,8 @@ def test_two_rank_zero3_run_learns_and_logs_everything(corpus, tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
-            "eval/loss", "eval/ppl"} <= scalars
+            "train/flops_per_sec_per_device", "eval/loss", "eval/ppl"} <= scalars
+    assert "train/mfu" not in scalars  # a CPU has no peak to divide by
     assert [e.step for e in events.Scalars("train/loss")] == [10, 20, 30, 40, 50, 60]
     assert "samples/text_summary" in events.Tags()["tensors"]
     assert (run / "config.yaml").is_file()
