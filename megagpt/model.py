@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from megagpt.config import ModelConfig
 
@@ -141,6 +142,9 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList([Block(config, layers) for _ in range(config.n_layer)])
         # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
+        # Activation checkpointing, a training-time choice (parallel.activation_checkpoint): keep
+        # only the input of each chunk of this many blocks and recompute the rest in backward.
+        self.checkpoint_blocks = 0
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if cache is None:
@@ -149,11 +153,22 @@ class Transformer(nn.Module):
         else:
             pos, layers = cache.positions(idx.size(1)), cache.layers
         x = self.drop(self.wte(idx) + self.wpe(pos))
+        if self.checkpoint_blocks and self.training and cache is None:
+            n = self.checkpoint_blocks
+            for start in range(0, len(self.h), n):  # the RNG is replayed: dropout recomputes alike
+                x = checkpoint(_run_blocks, self.h[start : start + n], x, use_reentrant=False)
+            return self.ln_f(x)
         for block, kv in zip(self.h, layers):
             x = block(x, kv)
         if cache is not None:
             cache.advance(idx.size(1))
         return self.ln_f(x)
+
+
+def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 class KVCache:

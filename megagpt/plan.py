@@ -42,7 +42,7 @@ class Layout:
     pp: int
     tp: int
     zero: int
-    checkpointing: str  # "none", "selective" (every second block), "full" (every block)
+    checkpointing: str  # "none", or "full": every block recomputed (parallel.activation_checkpoint=1)
     micro_batch: int
 
     def __str__(self) -> str:
@@ -137,7 +137,7 @@ def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: in
     layers = math.ceil(model.n_layer / layout.pp)
     full = block_activation_bytes(model, b, seq, tp, dtype_bytes)
     kept_input = b * seq * model.n_embd * dtype_bytes
-    checkpointed = {"none": 0, "selective": layers // 2, "full": layers}[layout.checkpointing]
+    checkpointed = layers if layout.checkpointing == "full" else 0
     per_micro = checkpointed * kept_input + (layers - checkpointed) * full
     recompute = full if checkpointed else 0
     in_flight = min(layout.pp, num_micro)
@@ -164,7 +164,7 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
     use a GPU poorly), stretched by recomputation and the pipeline bubble, plus tensor-parallel
     all-reduces (within a node) and whatever data-parallel traffic compute cannot hide."""
     num_micro = global_batch // (layout.dp * layout.micro_batch)
-    recompute = {"none": 0.0, "selective": 1 / 6, "full": 1 / 3}[layout.checkpointing]
+    recompute = 1 / 3 if layout.checkpointing == "full" else 0.0  # one more forward: 2N of 6N
     flops = training_flops_per_token(model, seq) * global_batch * seq * (1 + recompute)
     tokens = layout.micro_batch * seq
     efficiency = cluster.efficiency * tokens / (tokens + cluster.half_efficiency_tokens)
@@ -197,7 +197,7 @@ def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_
             continue
         dp = gpus // (tp * pp)
         for zero in (0, 1, 2, 3) if pp == 1 else (0, 1):
-            for ac in ("none", "selective", "full"):
+            for ac in ("none", "full"):
                 for micro in (1, 2, 4, 8, 16, 32):
                     if global_batch % (dp * micro) == 0:
                         yield Layout(dp, pp, tp, zero, ac, micro)
@@ -240,6 +240,7 @@ def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global
         best = plans[0]
         lines.append(f"recommended: {best.layout} -> parallel.tp={best.layout.tp} "
                      f"parallel.pp={best.layout.pp} parallel.zero_stage={best.layout.zero} "
+                     f"parallel.activation_checkpoint={int(best.layout.checkpointing == 'full')} "
                      f"train.micro_batch_size={best.layout.micro_batch} "
                      f"train.grad_accum={global_batch // (best.layout.dp * best.layout.micro_batch)}")
     else:

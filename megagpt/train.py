@@ -126,7 +126,9 @@ def build_model(cfg: RunConfig, topo: Topology, ds_config: dict[str, Any]) -> to
     # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,
                              data_parallel_group=topo.dp_group, mpu=topo.mpu):
-        return GPT(cfg.model, layers)
+        model = GPT(cfg.model, layers)
+    model.transformer.checkpoint_blocks = layout.activation_checkpoint
+    return model
 
 
 def train_step(engine: deepspeed.DeepSpeedEngine, batches: RankBatches, grad_accum: int) -> torch.Tensor:

@@ -104,3 +104,21 @@ def test_too_long_sequence_is_refused():
     model = GPT(ModelConfig.preset("gpt2-tiny"))
     with pytest.raises(ValueError, match="block_size=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_activation_checkpointing_recomputes_the_same_loss_and_gradients(chunk):
+    config = ModelConfig.preset("gpt2-tiny", n_layer=3, dropout=0.1)  # dropout: the RNG is replayed
+    idx = torch.randint(0, config.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    results = []
+    for blocks in (0, chunk):
+        torch.manual_seed(0)
+        model = GPT(config).train()
+        model.transformer.checkpoint_blocks = blocks
+        loss = model(idx[:, :-1], idx[:, 1:])[1]
+        loss.backward()
+        results.append((loss, [p.grad for p in model.parameters()]))
+    (plain_loss, plain_grads), (ckpt_loss, ckpt_grads) = results
+    torch.testing.assert_close(ckpt_loss, plain_loss, atol=0, rtol=0)
+    for a, b in zip(ckpt_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

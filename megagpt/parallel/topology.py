@@ -115,11 +115,6 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             "ZeRO-2 and ZeRO-3 (they communicate per micro-batch, the pipeline runs many); this runs: "
             f"parallel.zero_stage=1 (or auto) with pp={pp}, or zero_stage={stage} with pp=1"
         )
-    if p.activation_checkpoint and pp == 1:
-        raise ConfigError(
-            "parallel.activation_checkpoint is applied by the pipeline module (pp > 1); set it to 0 "
-            "with pp=1"
-        )
     if p.activation_checkpoint < 0:
         raise ConfigError(f"parallel.activation_checkpoint must be >= 0, got {p.activation_checkpoint}")
     return Layout(world=world, dp=world // (tp * pp), pp=pp, tp=tp, zero_stage=stage,
