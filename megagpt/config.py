@@ -105,7 +105,7 @@ class ParallelConfig:
     tp: int = 1  # tensor parallel: attention heads, MLP columns and the vocabulary split over tp ranks
     pp: int = 1  # pipeline stages (DeepSpeed PipelineModule)
     zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"  # auto: 3 when pp == 1, else 1 (all DeepSpeed allows)
-    activation_checkpoint: int = 0  # pp > 1: recompute activations every N pipeline layers; 0 off
+    activation_checkpoint: int = 0  # pp > 1: recompute blocks in the backward, N layers a chunk; 0 off
     ds_config: str = "ds_config.json"
 
 

@@ -22,7 +22,9 @@ LAYOUTS = {
     "pp2_zero1": ("deepspeed", 2, ["train.micro_batch_size=4", "train.grad_accum=2", "parallel.pp=2"]),
     "pp2_tp2": ("deepspeed", 4, ["train.micro_batch_size=4", "train.grad_accum=2", "parallel.pp=2",
                                  "parallel.tp=2"]),
-    "pp2_dp2": ("deepspeed", 4, ["train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2"]),
+    # ... and recomputes activations in the backward (equal losses: dropout is 0).
+    "pp2_dp2": ("deepspeed", 4, ["train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2",
+                                 "parallel.activation_checkpoint=1"]),
 }
 
 
