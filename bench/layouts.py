@@ -1,6 +1,6 @@
 """Step time of each dp x pp x tp layout of train.py on this machine, same model and global batch.
 
-    python bench/layouts.py [--steps 20] [--config configs/tiny.yaml] [--json bench/results/layouts.json]
+    python bench/layouts.py [--steps 20] [--only one_process tp2 ...] [--json FILE]
 
 Each layout is a real launch of megagpt/train.py (as the tests launch it) on a small corpus built
 from the bundled pages; the step time is the median of 1 / tokens_per_sec x tokens per step over
@@ -29,6 +29,7 @@ from tests.train.conftest import ROOT, read_metrics, run_training  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--only", nargs="*", default=list(LAYOUTS), help="layouts to run (default: all)")
     p.add_argument("--json", default=f"bench/results/layouts-{date.today()}.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,7 +37,8 @@ def main() -> None:
         pages = sorted((ROOT / "data/sample/html").glob("*.html.gz"))[:30]
         build(pages, corpus, vocab_size=512, valid_fraction=0.1, min_chars=200, seed=0)
         rows = []
-        for name, (launcher, nproc, overrides) in LAYOUTS.items():
+        for name in args.only:
+            launcher, nproc, overrides = LAYOUTS[name]
             run = Path(tmp) / name
             run_training(run, corpus, *overrides, f"train.max_steps={args.steps}", "log.interval=1",
                          "eval.interval=0", "sample.max_new_tokens=0", "train.resume=never",

@@ -102,6 +102,9 @@ def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
     return PipelineGPT(
         config, specs, topology=topology, loss_fn=layers.cross_entropy, partition_method="parameters",
         activation_checkpoint_interval=activation_checkpoint,
+        # Only blocks: DeepSpeed's reentrant checkpoint gives no gradient to a chunk whose input
+        # (the token ids of the first stage) needs none, so the embedding must stay outside.
+        checkpointable_layers=["Block"],
     )
 
 

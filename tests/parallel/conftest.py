@@ -24,7 +24,9 @@ LAYOUTS = {
                                  "parallel.tp=2"]),
     "dp2_zero3_checkpointed": ("deepspeed", 2, ["train.micro_batch_size=4", "parallel.zero_stage=3",
                                                 "parallel.activation_checkpoint=1"]),
-    "pp2_dp2": ("deepspeed", 4, ["train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2"]),
+    # ... and recomputes activations in the backward (equal losses: dropout is 0).
+    "pp2_dp2": ("deepspeed", 4, ["train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2",
+                                 "parallel.activation_checkpoint=1"]),
 }
 
 
