@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch.distributed as dist
 from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
 
-from megagpt.config import ConfigError, ModelConfig, RunConfig
+from megagpt.config import ConfigError, RunConfig
+from megagpt.plan import stage_parameters
 
 # Bytes per parameter of the model states: weights + gradients + Adam (fp32 master, m, v).
 _FP32_STATES = (4, 4, 8)
@@ -31,8 +32,8 @@ class Layout:
     def describe(self, run: RunConfig, on_gpu: bool) -> str:
         """One line: the layout, batch, parameters and model-state memory per rank."""
         t = run.train
-        total = count_parameters(run.model)
-        per_rank = parameters_per_rank(run.model, self.tp, self.pp)
+        total = stage_parameters(run.model, pp=1, tp=1)
+        per_rank = stage_parameters(run.model, self.pp, self.tp)
         states = _BF16_STATES if on_gpu else _FP32_STATES
         # ZeRO-1 shards the optimizer state over dp, ZeRO-2 also the gradients, ZeRO-3 also the weights.
         shard = [self.zero_stage >= 3, self.zero_stage >= 2, self.zero_stage >= 1]
@@ -45,35 +46,6 @@ class Layout:
             f"~{memory / 2**30:.2f} GiB per rank ({'bf16' if on_gpu else 'fp32'} + Adam; "
             "activations not counted)"
         )
-
-
-def count_parameters(m: ModelConfig) -> int:
-    """Parameters of the whole model, the tied embedding once (as GPT.num_parameters counts)."""
-    return _embedding_parameters(m) + m.n_layer * _block_parameters(m) + _final_norm_parameters(m)
-
-
-def parameters_per_rank(m: ModelConfig, tp: int, pp: int) -> int:
-    """The most parameters one rank holds before ZeRO: the first stage (embeddings) or a middle one."""
-    blocks_per_stage = -(-m.n_layer // pp)
-    first = m.vocab_size * m.n_embd // tp + m.block_size * m.n_embd
-    final_norm = _final_norm_parameters(m) if pp == 1 else 0
-    return first + blocks_per_stage * _block_parameters(m) // tp + final_norm
-
-
-def _embedding_parameters(m: ModelConfig) -> int:
-    return (m.vocab_size + m.block_size) * m.n_embd
-
-
-def _block_parameters(m: ModelConfig) -> int:
-    c, b = m.n_embd, int(m.bias)
-    layer_norms = 2 * c * (1 + b)
-    attention = 3 * c * c + 3 * c * b + c * c + c * b
-    mlp = 4 * c * c + 4 * c * b + 4 * c * c + c * b
-    return layer_norms + attention + mlp
-
-
-def _final_norm_parameters(m: ModelConfig) -> int:
-    return m.n_embd * (1 + int(m.bias)) if m.arch == "gpt2" else 0
 
 
 def plan_layout(run: RunConfig, world: int) -> Layout:

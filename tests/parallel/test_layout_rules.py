@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from megagpt.config import ConfigError, load_config
-from megagpt.parallel.topology import count_parameters, parameters_per_rank, plan_layout
+from megagpt.parallel.topology import plan_layout
+from megagpt.plan import stage_parameters
 from tests.train.conftest import run_training
 
 
@@ -54,11 +55,12 @@ def test_gpt2_xl_cannot_split_its_25_heads_over_2_ranks():
 
 def test_layout_line_counts_parameters_and_memory():
     cfg = load_config("configs/gpt2-xl.yaml", ["parallel.pp=2"])
-    assert count_parameters(cfg.model) == 1_557_611_200  # GPT-2 XL as Hugging Face counts it
+    total = stage_parameters(cfg.model, pp=1, tp=1)
+    assert total == 1_557_611_200  # GPT-2 XL as Hugging Face counts it
     line = plan_layout(cfg, 16).describe(cfg, on_gpu=True)
     assert line.startswith("world 16 | dp 8 | pp 2 | tp 1 | zero 1 | batch 8 micro x 4 accum x 8 dp = 256")
-    per_rank = parameters_per_rank(cfg.model, tp=1, pp=2)
-    assert 0.5 * count_parameters(cfg.model) < per_rank < 0.56 * count_parameters(cfg.model)
+    per_rank = stage_parameters(cfg.model, pp=2, tp=1)
+    assert 0.5 * total < per_rank < 0.56 * total
     assert "per rank | model states ~" in line
 
 

@@ -1,5 +1,7 @@
 """The layout planner: its arithmetic by hand, its activation count against a real forward."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -18,8 +20,8 @@ from megagpt.plan import (
     stage_parameters,
 )
 
-XL = ModelConfig.preset("gpt2-xl")
-XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count, vocab padded to 50304
+XL = ModelConfig.preset("gpt2-xl", vocab_size=50304)  # GPT-2's 50257 padded to a multiple of 128
+XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count with that padding
 
 
 def saved_activation_bytes(model: torch.nn.Module, idx: torch.Tensor) -> int:
@@ -45,7 +47,9 @@ def test_vocab_padding_and_parameters_per_rank():
     # tp=2: matrices and column-parallel biases halve; LayerNorms, row-parallel biases, wpe stay.
     c, L = 1600, 48
     per_block = (12 * c * c + 7 * c) // 2 + 2 * c + 4 * c
-    assert stage_parameters(XL, pp=1, tp=2) == L * per_block + 50432 * c // 2 + 1024 * c + 2 * c
+    xl_tp2 = replace(XL, vocab_size=padded_vocab(50257, 2))
+    assert stage_parameters(xl_tp2, pp=1, tp=2) == L * per_block + 50432 * c // 2 + 1024 * c + 2 * c
+    assert stage_parameters(ModelConfig.preset("gpt2-xl"), 1, 1) == 1_557_611_200  # unpadded, as HF
 
 
 def test_zero_stages_divide_what_the_zero_paper_says():
@@ -81,9 +85,8 @@ def test_activation_estimate_matches_what_autograd_saves(layers, heads, width, s
                                 block_size=seq, vocab_size=vocab)
     torch.manual_seed(0)
     measured = saved_activation_bytes(GPT(config).train(), torch.randint(0, vocab, (batch, seq)))
-    # fp32 on this CPU; the tiny vocab needs no padding for the comparison
+    # fp32 on this CPU
     estimated = activation_bytes(config, Layout(1, 1, 1, 0, "none", batch), seq, 1, dtype_bytes=4)
-    estimated -= batch * seq * 4 * (padded_vocab(vocab, 1) - vocab)
     assert estimated == pytest.approx(measured, rel=0.05)
 
 
