@@ -56,7 +56,7 @@ def straight(slurm, corpus, tmp_path_factory) -> Path:  # noqa: F811
 def test_tiny_run_to_the_end_leaves_checkpoints_metrics_and_events(straight):
     log = output(straight)
     assert "2 tasks on 1 node(s) [localhost]" in log
-    assert "world 2 | dp 2 | zero 3" in log
+    assert "world 2 | dp 2 | pp 1 | tp 1 | zero 3" in log
     assert "gpt2_xl.slurm: " in log and "training finished" in log
     assert sorted(losses(straight)) == list(range(1, STEPS + 1))
     assert [m["step"] for m in metrics(straight) if "eval_loss" in m] == [60, 120]
