@@ -63,5 +63,5 @@ def test_export_to_hugging_face_and_back_keeps_logits_equal(trained_run, tmp_pat
 def test_import_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
     assert convert.main(["from-hf", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor DeepSpeed"):
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor portable/"):
         checkpoint.consolidated_state_dict(tmp_path)
