@@ -31,6 +31,7 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+import torch.distributed.distributed_c10d as c10d
 import yaml
 from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.pipe.engine import PipelineEngine
@@ -65,7 +66,11 @@ def init_distributed(timeout_s: float = 600.0) -> None:
     """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, srun, none)."""
     fill_rank_env()
     # A collective outwaiting this raises instead of hanging: a lost rank ends the run (fault.*).
-    deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    # DeepSpeed's grid and ZeRO make their groups with new_group(ranks) and no timeout, which torch
+    # fills from these module defaults (30 minutes for gloo), not from the world group's timeout.
+    c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(timeout=timeout)
     if get_accelerator().device_name() == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores instead of every rank spawning one thread per core.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
