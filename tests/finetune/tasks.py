@@ -15,6 +15,12 @@ def passages(start: int, stop: int) -> list[str]:
     return [" ".join(json.loads(line)["text"].split()) for line in lines]
 
 
+def write_passages(path: Path, start: int, stop: int) -> Path:
+    """LAMBADA passages [start, stop) as a JSONL corpus (one document each) for pipelines.build:
+    novels, the domain GPT-1 was pre-trained on (BooksCorpus)."""
+    return write_jsonl(path, [{"text": text} for text in passages(start, stop)])
+
+
 def next_words(start: int, stop: int, seed: int, context: int = 8, span: int = 3) -> list[dict]:
     """Multiple choice: after `context` words of a LAMBADA passage, which of two `span`-word
     continuations really follows: the passage's own next words, or words from another passage."""
