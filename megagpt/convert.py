@@ -4,10 +4,10 @@
     python -m megagpt.convert from-hf hf/demo models/demo      # a local save_pretrained folder
 
 `to-hf` writes model.safetensors + config.json (GPT2LMHeadModel.from_pretrained loads it) and the
-tokenizer: GPT-2's BPE as a transformers tokenizer, or megagpt's sentencepiece model as
-`tokenizer.model` with a TOKENIZER.md saying how to use it (transformers has no loader for a
-byte-fallback BPE without a dummy prefix). `from-hf` writes a megagpt model folder (see
-megagpt/checkpoint.py) that every megagpt command accepts. Nothing is downloaded.
+tokenizer as `AutoTokenizer` loads it (GPT-2's BPE, or megagpt's sentencepiece BPE rebuilt as a
+`tokenizers` pipeline giving the same ids), so the folder is all `lm_eval --model hf` needs.
+`from-hf` writes a megagpt model folder (see megagpt/checkpoint.py) that every megagpt command
+accepts. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,31 +16,48 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megagpt.checkpoint import load_pretrained, save_model
 from megagpt.model import GPT
-from megagpt.tokenizer import GPT2Tokenizer, load_tokenizer
+from megagpt.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
 
-SENTENCEPIECE_NOTE = """# Tokenizer
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
-This model was trained with megagpt's sentencepiece BPE (byte fallback, no dummy prefix, no
-normalisation), kept here as `tokenizer.model`. transformers has no tokenizer class for it, so
-tokenize with sentencepiece and pass the ids:
+SPACE = "\u2581"  # sentencepiece's visible space
 
-    import sentencepiece as spm, torch
-    from transformers import GPT2LMHeadModel
-    sp = spm.SentencePieceProcessor(model_file="tokenizer.model")
-    model = GPT2LMHeadModel.from_pretrained(".")
-    logits = model(torch.tensor([sp.encode("Hello world")])).logits
 
-End of text is id {eos_id} (`<|endoftext|>`); config.json's bos/eos ids say the same.
-"""
+def sentencepiece_to_hf(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """megagpt's sentencepiece BPE as a `transformers` fast tokenizer that gives the same ids.
+
+    sentencepiece encodes each whitespace-led word (a run of spaces stays with the word after it)
+    by merging the adjacent pair whose merged piece scores best, falling back to bytes; the newline
+    is a user symbol that never merges. The `tokenizers` pipeline below does the same: spaces become
+    U+2581, words split before a U+2581 that ends a non-space run, merges ranked by the merged
+    piece's score, byte fallback. tests/interop checks the ids on real text.
+    """
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    pieces = SentencePieceExtractor(str(tokenizer.path)).extract(models.BPE)
+    unk = tokenizer.sp.id_to_piece(tokenizer.sp.unk_id())
+    bpe = HFTokenizer(models.BPE(vocab=pieces["vocab"], merges=pieces["merges"], unk_token=unk,
+                                 fuse_unk=True, byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", SPACE)
+    bpe.pre_tokenizer = pre_tokenizers.Split(Regex(f"(?<!{SPACE}){SPACE}"), behavior="merged_with_next")
+    bpe.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    bpe.add_tokens([AddedToken("\n", normalized=False)])
+    eos = tokenizer.sp.id_to_piece(tokenizer.eos_id)
+    bpe.add_special_tokens([AddedToken(unk, special=True), AddedToken(eos, special=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=eos, eos_token=eos, unk_token=unk)
 
 
 def to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     model, tokenizer, _ = load_pretrained(checkpoint, device="cpu")
-    hf = model.to_hf()
-    hf.config.bos_token_id = hf.config.eos_token_id = tokenizer.eos_id
+    hf = model.to_hf(eos_token_id=tokenizer.eos_id)
     out = Path(out_dir)
     hf.save_pretrained(out)
     if isinstance(tokenizer, GPT2Tokenizer):
@@ -51,9 +68,9 @@ def to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         for src, name in tokenizer.files().items():  # also as OpenAI's names, for megagpt
             shutil.copyfile(src, out / name)
     else:
-        for src, name in tokenizer.files().items():
+        sentencepiece_to_hf(tokenizer).save_pretrained(out)
+        for src, name in tokenizer.files().items():  # megagpt reads the sentencepiece model itself
             shutil.copyfile(src, out / name)
-        (out / "TOKENIZER.md").write_text(SENTENCEPIECE_NOTE.format(eos_id=tokenizer.eos_id))
     return out
 
 

@@ -270,7 +270,9 @@ class GPT(nn.Module):
         model.load_state_dict(_from_hf_state(hf_model.state_dict(), cls._HF_TRANSPOSED))
         return model
 
-    def to_hf(self) -> GPT2LMHeadModel:
+    def to_hf(self, eos_token_id: int | None = None) -> GPT2LMHeadModel:
+        """This model as a GPT2LMHeadModel; eos_token_id is the tokenizer's end of text (GPT-2's
+        50256 otherwise), which generation stops at."""
         from transformers import GPT2Config, GPT2LMHeadModel
 
         c = self.config
@@ -280,6 +282,7 @@ class GPT(nn.Module):
             n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
             n_positions=c.block_size, resid_pdrop=c.dropout, embd_pdrop=c.dropout,
             attn_pdrop=c.dropout, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+            **({} if eos_token_id is None else {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}),
         ))
         state = {
             k: v.t() if k.endswith(self._HF_TRANSPOSED) else v for k, v in self.state_dict().items()

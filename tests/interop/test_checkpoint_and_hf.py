@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 import yaml
-from transformers import GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from megagpt import checkpoint, convert
 from megagpt.config import ModelConfig
 from megagpt.data import RankBatches, ShardDataset
 from megagpt.tokenizer import Tokenizer
-from tests.train.conftest import read_metrics
+from tests.train.conftest import ROOT, read_metrics
 
 
 def test_checkpoint_is_self_describing_and_consolidates_to_the_trained_model(trained_run, corpus):
@@ -46,9 +46,8 @@ def test_export_to_hugging_face_and_back_keeps_logits_equal(trained_run, tmp_pat
     assert convert.main(["to-hf", str(trained_run), str(tmp_path / "hf")]) == 0
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     assert (tmp_path / "hf" / "model.safetensors").is_file()
-    assert "sentencepiece" in (tmp_path / "hf" / "TOKENIZER.md").read_text()
     ours, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
-    assert hf.config.eos_token_id == tokenizer.eos_id
+    assert hf.config.eos_token_id == hf.generation_config.eos_token_id == tokenizer.eos_id
     idx = torch.tensor([tokenizer.encode("The government said on Tuesday that the new rules")])
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], atol=1e-5, rtol=0)
@@ -58,6 +57,23 @@ def test_export_to_hugging_face_and_back_keeps_logits_equal(trained_run, tmp_pat
     assert back_tok.sha256 == tokenizer.sha256
     with torch.no_grad():
         torch.testing.assert_close(back(idx)[0], ours(idx)[0], atol=1e-5, rtol=0)
+
+
+def test_exported_sentencepiece_tokenizer_gives_the_same_ids_in_transformers(corpus, tmp_path):
+    ours = Tokenizer(corpus / "tokenizer.model")
+    convert.sentencepiece_to_hf(ours).save_pretrained(tmp_path)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    lambada = ROOT / "data/eval/lambada/lambada_test.jsonl"
+    texts = [json.loads(line)["text"] for line in lambada.read_text().splitlines()[:1000]]
+    wiki = (ROOT / "data/eval/wikitext-2-raw/wiki.test.raw").read_text()
+    texts += wiki.splitlines()[:1000] + [wiki[:100_000]]  # headings, blank lines, runs of spaces
+    texts += ["  two leading spaces", "trailing  ", "tab\there", "\n\nnewlines\n", "1234 x5y6",
+              "naïve café 中文 🎉", ""]
+    for text in texts:
+        ids = ours.encode(text)
+        assert theirs(text, add_special_tokens=False)["input_ids"] == ids, text[:80]
+        assert theirs.decode(ids) == ours.decode(ids)
+    assert theirs.eos_token_id == ours.eos_id
 
 
 def test_import_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
