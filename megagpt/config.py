@@ -34,9 +34,13 @@ class ModelConfig:
     dropout: float = 0.1
     arch: Literal["gpt1", "gpt2"] = "gpt2"
     bias: bool = True
+    # The embedding and LM head get rows up to a multiple of this (GPT-2's 50257 -> 50304): matmul
+    # widths GPU kernels tile well, and a vocabulary tensor parallelism can split. The extra rows
+    # are never an input, and their logits are -inf: they take no probability in loss or sampling.
+    vocab_pad_multiple: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "vocab_pad_multiple"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
@@ -48,6 +52,11 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.arch not in ("gpt1", "gpt2"):
             raise ConfigError(f"model.arch must be 'gpt1' or 'gpt2', got {self.arch!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the LM head: vocab_size rounded up to vocab_pad_multiple."""
+        return -(-self.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
 
     @property
     def residual_init_std(self) -> float:

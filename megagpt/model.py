@@ -59,6 +59,16 @@ class Embedding(nn.Embedding):
         nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
 
 
+def mask_vocab_padding(logits: torch.Tensor, embedding: nn.Module, vocab_size: int) -> torch.Tensor:
+    """Set the logits of padding ids (>= vocab_size) to -inf, in place: a few columns written, no
+    copy of the logits (the LM head's backward does not need its output). `embedding` is the tied
+    token embedding, whose `start` is the first id of this rank's slice under tensor parallelism."""
+    real = vocab_size - getattr(embedding, "start", 0)
+    if real < logits.size(-1):
+        logits[..., max(real, 0) :] = float("-inf")
+    return logits
+
+
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
 
@@ -136,7 +146,7 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
-        self.wte = layers.embedding(config.vocab_size, config.n_embd)
+        self.wte = layers.embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config, layers) for _ in range(config.n_layer)])
@@ -230,23 +240,26 @@ class GPT(nn.Module):
         self.config = config
         self.layers = layers
         self.transformer = Transformer(config, layers)
-        self.lm_head = layers.column(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = layers.column(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, given targets (B, T), the mean cross-entropy (-1 is ignored).
+        """Logits (B, T, vocab_size) and, given targets (B, T), the mean cross-entropy (-1 is ignored).
 
         With a `cache`, idx continues the sequences the cache holds and the cache is extended.
-        Under tensor parallelism the logits returned with targets are this rank's vocabulary slice:
-        gathering them would cost the memory the vocabulary-parallel loss saves."""
+        With targets the logits are the training ones: padded_vocab_size wide (padding at -inf) and,
+        under tensor parallelism, this rank's slice: gathering them would cost the memory the
+        vocabulary-parallel loss saves."""
         length = idx.size(1) + (cache.length if cache is not None else 0)
         if length > self.config.block_size:
             raise ValueError(f"sequence length {length} exceeds model.block_size={self.config.block_size}")
         logits = self.lm_head(self.transformer(idx, cache))
-        loss = None if targets is None else self.layers.cross_entropy(logits, targets)
-        return (logits if targets is not None else self.layers.full_logits(logits)), loss
+        mask_vocab_padding(logits, self.transformer.wte, self.config.vocab_size)
+        if targets is None:
+            return self.layers.full_logits(logits)[..., : self.config.vocab_size], None
+        return logits, self.layers.cross_entropy(logits, targets)
 
     def num_parameters(self) -> int:
         """Parameters counted once each (the tied embedding once), as Hugging Face counts them."""
@@ -267,7 +280,11 @@ class GPT(nn.Module):
             vocab_size=c.vocab_size, block_size=c.n_positions, dropout=c.resid_pdrop,
         )
         model = cls(config)
-        model.load_state_dict(_from_hf_state(hf_model.state_dict(), cls._HF_TRANSPOSED))
+        state = _from_hf_state(hf_model.state_dict(), cls._HF_TRANSPOSED)
+        wte = state["transformer.wte.weight"]
+        padding = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.size(1))
+        state["transformer.wte.weight"] = state["lm_head.weight"] = torch.cat([wte, padding])
+        model.load_state_dict(state)
         return model
 
     def to_hf(self, eos_token_id: int | None = None) -> GPT2LMHeadModel:
@@ -287,6 +304,8 @@ class GPT(nn.Module):
         state = {
             k: v.t() if k.endswith(self._HF_TRANSPOSED) else v for k, v in self.state_dict().items()
         }
+        for key in ("transformer.wte.weight", "lm_head.weight"):  # HF has no padding rows
+            state[key] = state[key][: c.vocab_size]
         missing, unexpected = hf.load_state_dict(state, strict=False)
         if unexpected or any(not k.endswith(".attn.bias") and not k.endswith("masked_bias") for k in missing):
             raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")

@@ -24,7 +24,7 @@ import itertools
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from megagpt.config import ConfigError, ModelConfig, load_config
 from megagpt.flops import device_peak_flops, training_flops_per_token
@@ -33,7 +33,6 @@ GiB = 1 << 30
 BF16, FP32 = 2, 4
 ADAM_STATE_BYTES = 12  # fp32 master weight + exp_avg + exp_avg_sq, per parameter
 ZERO3_BUCKET_ELEMENTS = 5e7  # ds_config.json: reduce_bucket_size and stage3_prefetch_bucket_size
-VOCAB_MULTIPLE = 128  # the vocabulary is padded to a multiple of 128 per tensor-parallel rank
 
 
 @dataclass(frozen=True)
@@ -84,11 +83,6 @@ class Plan:
     fits: bool
 
 
-def padded_vocab(vocab_size: int, tp: int) -> int:
-    multiple = VOCAB_MULTIPLE * tp
-    return math.ceil(vocab_size / multiple) * multiple
-
-
 def block_parameters(model: ModelConfig, tp: int) -> int:
     """One Block's parameters on a tensor-parallel rank: QKV and MLP-in split by columns (with
     their biases), attention-out and MLP-out split by rows (bias whole), LayerNorms whole."""
@@ -101,7 +95,7 @@ def block_parameters(model: ModelConfig, tp: int) -> int:
 def stage_parameters(model: ModelConfig, pp: int, tp: int) -> int:
     """Parameters on the most loaded rank: ceil(n_layer / pp) blocks plus the embeddings, which
     the first stage holds and the last stage holds again (the tied output layer)."""
-    wte = model.vocab_size * model.n_embd // tp
+    wte = model.padded_vocab_size * model.n_embd // tp
     wpe = model.block_size * model.n_embd
     ln_f = (2 if model.bias else 1) * model.n_embd if model.arch == "gpt2" else 0
     blocks = math.ceil(model.n_layer / pp) * block_parameters(model, tp)
@@ -125,7 +119,7 @@ def logits_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: 
                             dtype_bytes: int = BF16) -> float:
     """The output layer: its input (ln_f's output) and the fp32 log-softmax the loss keeps."""
     tokens = micro_batch * seq
-    return tokens * (model.n_embd * dtype_bytes + FP32 * model.vocab_size / tp)
+    return tokens * (model.n_embd * dtype_bytes + FP32 * model.padded_vocab_size / tp)
 
 
 def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: int,
@@ -190,10 +184,12 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
 
 def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_batch: int
                       ) -> Iterator[Layout]:
-    """Every layout DeepSpeed can run: tp within a node dividing the heads, pp at most n_layer,
-    ZeRO-2/3 only without pipeline stages, micro-batches dividing the global batch."""
+    """Every layout DeepSpeed can run: tp within a node dividing the heads and the padded
+    vocabulary, pp at most n_layer, ZeRO-2/3 only without pipeline stages, micro-batches dividing
+    the global batch."""
     for tp, pp in itertools.product(_divisors(gpus), _divisors(gpus)):
-        if gpus % (tp * pp) or tp > gpus_per_node or model.n_head % tp or pp > model.n_layer:
+        if (gpus % (tp * pp) or tp > gpus_per_node or model.n_head % tp or model.padded_vocab_size % tp
+                or pp > model.n_layer):
             continue
         dp = gpus // (tp * pp)
         for zero in (0, 1, 2, 3) if pp == 1 else (0, 1):
@@ -204,16 +200,14 @@ def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_
 
 
 def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | None = None) -> list[Plan]:
-    """All candidate layouts with their estimates, fastest fitting ones first. Each layout's model
-    has its vocabulary padded to a multiple of 128 x tp (as a tp run needs, and as GPUs like)."""
+    """All candidate layouts with their estimates, fastest fitting ones first."""
     seq = seq or model.block_size
     budget = cluster.gpu_mem_gib * GiB * (1 - cluster.headroom)
     plans = []
     for layout in candidate_layouts(model, cluster.gpus, cluster.gpus_per_node, global_batch):
         num_micro = global_batch // (layout.dp * layout.micro_batch)
-        padded = replace(model, vocab_size=padded_vocab(model.vocab_size, layout.tp))
-        memory = estimate_memory(padded, layout, seq, num_micro)
-        step = estimate_step_seconds(padded, layout, cluster, seq, global_batch)
+        memory = estimate_memory(model, layout, seq, num_micro)
+        step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
         plans.append(Plan(layout, memory, step, memory.total <= budget))
     # Among equally fast layouts prefer less model parallelism, then the most memory left over.
     return sorted(plans, key=lambda p: (not p.fits, round(p.step_seconds, 2), p.layout.tp * p.layout.pp,
@@ -279,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                       inter_node_gbps=args.inter_node_gbps)
     seq = args.seq or model.block_size
     plans = plan(model, cluster, args.global_batch, seq)
-    n_params = stage_parameters(replace(model, vocab_size=padded_vocab(model.vocab_size, 1)), 1, 1)
+    n_params = stage_parameters(model, 1, 1)
     print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
           f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens")
     print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))

@@ -2,7 +2,6 @@
 
     deepspeed megagpt/train.py --config configs/demo.yaml train.max_steps=100
     deepspeed --num_gpus 8 megagpt/train.py --config configs/gpt2-medium.yaml parallel.tp=2 parallel.pp=2
-        model.vocab_size=50304   # (same command) tp splits the vocabulary: pad GPT-2's 50257
     torchrun --nproc_per_node 2 megagpt/train.py --config configs/demo.yaml
     python megagpt/train.py --config configs/demo.yaml          # one process
 

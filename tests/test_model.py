@@ -1,6 +1,7 @@
 """The model computes what Hugging Face's GPT-2 computes, and has the papers' shapes."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,8 +25,30 @@ def test_logits_and_loss_equal_hugging_face():
     with torch.no_grad():
         expected = hf(idx, labels=idx)
         logits, loss = ours(idx[:, :-1], idx[:, 1:])
-    torch.testing.assert_close(logits, expected.logits[:, :-1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[..., :320], expected.logits[:, :-1], atol=1e-5, rtol=0)
     torch.testing.assert_close(loss, expected.loss, atol=1e-5, rtol=0)
+
+
+def test_vocab_padding_takes_no_probability_and_no_gradient():
+    padded = GPT.from_hf(tiny_hf()).eval()  # 320 ids, 384 rows (vocab_pad_multiple 128); no dropout
+    assert padded.transformer.wte.weight.shape[0] == padded.config.padded_vocab_size == 384
+    plain = GPT(replace(padded.config, vocab_pad_multiple=1)).eval()
+    plain.load_state_dict({k: v[:320] if "wte" in k or "lm_head" in k else v
+                           for k, v in padded.state_dict().items()})
+    idx = torch.randint(0, 320, (3, 48), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for model in (padded, plain):
+        logits, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=1e-6)
+    assert torch.isneginf(logits_padded := padded(idx[:, :-1], idx[:, 1:])[0][..., 320:]).all()
+    assert logits_padded.shape[-1] == 64
+    grad = padded.transformer.wte.weight.grad
+    torch.testing.assert_close(grad[:320], plain.transformer.wte.weight.grad, atol=1e-7, rtol=1e-5)
+    assert not grad[320:].any()
+    with torch.no_grad():  # what sampling and evaluation see: the real vocabulary only
+        torch.testing.assert_close(padded(idx)[0], plain(idx)[0], atol=1e-6, rtol=0)
 
 
 def test_export_to_hugging_face_round_trips():
@@ -47,7 +70,9 @@ def test_export_to_hugging_face_round_trips():
 ])
 def test_parameter_counts_match_hugging_face(preset, expected):
     with torch.device("meta"):  # counts shapes without allocating 6 GB
-        assert GPT(ModelConfig.preset(preset)).num_parameters() == expected
+        assert GPT(ModelConfig.preset(preset, vocab_pad_multiple=1)).num_parameters() == expected
+        padded = GPT(ModelConfig.preset(preset)).num_parameters()
+    assert padded == expected + (50304 - 50257) * ModelConfig.preset(preset).n_embd
 
 
 @pytest.mark.parametrize(("preset", "shape"), [
@@ -55,7 +80,7 @@ def test_parameter_counts_match_hugging_face(preset, expected):
 ])
 def test_parameter_count_equals_hf_model_of_the_same_shape(preset, shape):
     with torch.device("meta"):
-        ours = GPT(ModelConfig.preset(preset))
+        ours = GPT(ModelConfig.preset(preset, vocab_pad_multiple=1))
         hf = GPT2LMHeadModel(GPT2Config(**shape))
     assert ours.num_parameters() == hf.num_parameters()
 
@@ -85,7 +110,7 @@ def test_gpt1_is_post_ln_without_final_layernorm():
     # Post-LN: the block ends on a LayerNorm, so every position comes out normalised.
     assert torch.allclose(y.mean(-1), torch.zeros(2, 10), atol=1e-5)
     with torch.device("meta"):
-        assert GPT(ModelConfig.preset("gpt1")).num_parameters() == 116_534_784
+        assert GPT(ModelConfig.preset("gpt1", vocab_pad_multiple=1)).num_parameters() == 116_534_784
 
 
 def test_loss_starts_near_ln_vocab_and_ignores_minus_one():

@@ -23,7 +23,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import ProcessTopology
 
 from megagpt.config import ModelConfig
-from megagpt.model import Block, Embedding, Layers
+from megagpt.model import Block, Embedding, Layers, mask_vocab_padding
 from megagpt.parallel.tensor import copy_to_tp
 
 
@@ -39,10 +39,11 @@ class Positions(nn.Module):
         return self.drop(x + self.wpe(torch.arange(x.size(1), device=x.device)))
 
 
-def _lm_head(tp_group: dist.ProcessGroup | None, embedding: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _lm_head(tp_group: dist.ProcessGroup | None, vocab_size: int, embedding: nn.Module,
+             x: torch.Tensor) -> torch.Tensor:
     if tp_group is not None:  # the column-parallel head: whole input, this rank's vocabulary slice out
         x = copy_to_tp(x, tp_group)
-    return F.linear(x, embedding.weight)
+    return mask_vocab_padding(F.linear(x, embedding.weight), embedding, vocab_size)
 
 
 class _Seeded:
@@ -76,7 +77,7 @@ def _one_process_rng_states(config: ModelConfig) -> list[torch.Tensor]:
     """Generator states before wte, wpe and each block, as GPT(config) would draw them."""
     states = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        for build in [partial(Embedding, config.vocab_size, config.n_embd),
+        for build in [partial(Embedding, config.padded_vocab_size, config.n_embd),
                       partial(Embedding, config.block_size, config.n_embd),
                       *[partial(Block, config)] * config.n_layer]:
             states.append(torch.get_rng_state())
@@ -91,14 +92,14 @@ def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
     # LayerSpec wants a class: a tensor-parallel layer set binds its group with functools.partial.
     wte, wte_kwargs = _class_and_kwargs(layers.embedding)
     specs: list[LayerSpec | Callable] = [
-        SeededTiedLayerSpec(rng[0], "wte", wte, config.vocab_size, config.n_embd, **wte_kwargs),
+        SeededTiedLayerSpec(rng[0], "wte", wte, config.padded_vocab_size, config.n_embd, **wte_kwargs),
         SeededLayerSpec(rng[1], Positions, config),
         *[SeededLayerSpec(state, Block, config, layers) for state in rng[2:]],
     ]
     if config.arch == "gpt2":
         specs.append(LayerSpec(nn.LayerNorm, config.n_embd, bias=config.bias))
-    specs.append(SeededTiedLayerSpec(rng[0], "wte", wte, config.vocab_size, config.n_embd, **wte_kwargs,
-                                     forward_fn=partial(_lm_head, tp_group)))
+    specs.append(SeededTiedLayerSpec(rng[0], "wte", wte, config.padded_vocab_size, config.n_embd,
+                                     **wte_kwargs, forward_fn=partial(_lm_head, tp_group, config.vocab_size)))
     return PipelineGPT(
         config, specs, topology=topology, loss_fn=layers.cross_entropy, partition_method="parameters",
         activation_checkpoint_interval=activation_checkpoint,

@@ -65,12 +65,12 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             f"parallel.tp={tp} does not divide model.n_head={m.n_head}: tensor parallelism splits "
             f"whole attention heads; use tp in {_divisors(m.n_head)} (with tp x pp dividing the world)"
         )
-    if m.vocab_size % tp:
-        padded = -(-m.vocab_size // (64 * tp)) * 64 * tp
+    if m.padded_vocab_size % tp:
         raise ConfigError(
-            f"parallel.tp={tp} does not divide model.vocab_size={m.vocab_size}: the embedding and the "
-            f"LM head are split over the vocabulary; pad it, e.g. model.vocab_size={padded} (the "
-            "extra rows are never a target), or use tp=1"
+            f"parallel.tp={tp} does not divide the padded vocabulary ({m.padded_vocab_size} = "
+            f"model.vocab_size={m.vocab_size} rounded up to model.vocab_pad_multiple="
+            f"{m.vocab_pad_multiple}): the embedding and the LM head are split over it; set "
+            f"model.vocab_pad_multiple={128 * tp} (Megatron's 128 x tp), or use tp=1"
         )
     if pp > m.n_layer:
         raise ConfigError(

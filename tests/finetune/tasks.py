@@ -45,26 +45,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def wiki_paragraphs(start: int, stop: int) -> list[str]:
-    lines = (ROOT / "data/eval/wikitext-2-raw/wiki.test.raw").read_text().splitlines()
-    return [" ".join(line.split()) for line in lines if len(line) > 300][start:stop]
-
-
-def which_corpus(start: int, stop: int, seed: int, words: int = 24) -> list[dict]:
-    """Classification: is a 24-word excerpt from Wikipedia (WikiText-2, label 0) or from a novel
-    (LAMBADA, label 1)? The excerpt starts at a random word, so position gives nothing away."""
-    rng = random.Random(seed)
-    rows = []
-    for label, texts in enumerate((wiki_paragraphs(start, stop), passages(start, stop))):
-        for text in texts:
-            w = text.split()
-            if len(w) > words:
-                at = rng.randrange(len(w) - words)
-                rows.append({"text": " ".join(w[at : at + words]), "label": label})
-    rng.shuffle(rows)
-    return rows
-
-
 def shuffled_or_not(start: int, stop: int, seed: int, words: int = 12) -> list[dict]:
     """Classification: is a 12-word LAMBADA excerpt in its real order (label 1) or are its words
     shuffled (label 0)? The two classes hold the same words, so only word order tells them apart."""

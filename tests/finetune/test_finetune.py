@@ -13,7 +13,7 @@ import torch
 from megagpt import checkpoint
 from megagpt.finetune import TaskSpec, accuracy, load_examples, load_finetuned, transform, with_task_tokens
 from megagpt.tokenizer import Tokenizer
-from tests.finetune.tasks import which_corpus, write_jsonl
+from tests.finetune.tasks import write_jsonl
 from tests.train.conftest import ROOT, VENV_BIN, free_port
 
 
@@ -59,28 +59,28 @@ def test_added_tokens_extend_the_vocabulary_and_keep_the_rest(trained_run):
 
 
 @pytest.mark.slow
-def test_two_rank_zero3_fine_tuning_learns_and_saves_a_loadable_model(trained_run, tokenizer, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", which_corpus(0, 160, seed=0))
-    valid = write_jsonl(tmp_path / "valid.jsonl", which_corpus(400, 600, seed=1))
+def test_two_rank_zero3_fine_tuning_learns_and_saves_a_loadable_model(novel_model, word_order_task, tmp_path):
+    train, valid = word_order_task
     out = tmp_path / "model"
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "megagpt/finetune.py",
-           "--checkpoint", str(trained_run), "--task", "classification", "--train", str(train),
+           "--checkpoint", str(novel_model), "--task", "classification", "--train", str(train),
            "--valid", str(valid), "--zero-stage", "3", "--lr", "1e-3", "--out", str(out),
            "--json", str(tmp_path / "result.json")]
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "320 train / 400 valid examples, 30 steps of 32, lambda 0.50, zero 3" in proc.stderr
+    assert "2000 train / 500 valid examples, 186 steps of 32, lambda 0.50, zero 3" in proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["valid_acc"] > 0.55  # two balanced classes: chance is 0.5 (std 0.025 on 400)
+    assert result["valid_acc"] > 0.65  # two balanced classes: chance is 0.5 (std 0.022 on 500)
 
     model, tok = load_finetuned(out)
-    assert tok.sha256 == tokenizer.sha256 and model.spec.extract == 514
+    assert tok.sha256 == checkpoint.find_tokenizer(checkpoint.resolve(novel_model)).sha256
+    assert model.spec.extract == 1026  # start, delimiter, extract appended to the 1,024 pieces
     examples = load_examples(valid, model.spec, tok, model.gpt.config.block_size)
     assert accuracy(model, examples, "cpu") == pytest.approx(result["valid_acc"])
     assert json.loads((out / "finetune.json").read_text())["task"] == "classification"
     bare, _, _ = checkpoint.load_pretrained(out, device="cpu")  # the body alone is a model folder
-    assert bare.config.vocab_size == 515
+    assert bare.config.vocab_size == 1027
 
 
 def test_bad_labels_are_refused_with_the_file_named(tokenizer, tmp_path):

@@ -9,8 +9,9 @@ import pytest
 from tests.train.conftest import read_metrics, run_training
 
 STEPS = 8
+# Vocabulary 512 padded to 768: under tp=2 the second rank's slice (ids 384-767) is part padding.
 COMMON = (f"train.max_steps={STEPS}", "train.warmup_steps=2", "log.interval=1", "eval.interval=0",
-          "sample.max_new_tokens=0", "checkpoint.interval=4")
+          "sample.max_new_tokens=0", "checkpoint.interval=4", "model.vocab_pad_multiple=384")
 
 # name: (launcher, processes, overrides). micro x accum x dp = 8 sequences per step in every layout,
 # so every layout sees the same data in the same global batches. The 2-process runs use each launcher.

@@ -15,12 +15,11 @@ from megagpt.plan import (
     candidate_layouts,
     estimate_memory,
     main,
-    padded_vocab,
     plan,
     stage_parameters,
 )
 
-XL = ModelConfig.preset("gpt2-xl", vocab_size=50304)  # GPT-2's 50257 padded to a multiple of 128
+XL = ModelConfig.preset("gpt2-xl")  # GPT-2's 50257 padded to 50304, a multiple of 128
 XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count with that padding
 
 
@@ -41,15 +40,15 @@ def saved_activation_bytes(model: torch.nn.Module, idx: torch.Tensor) -> int:
 
 
 def test_vocab_padding_and_parameters_per_rank():
-    assert padded_vocab(50257, 1) == 50304
-    assert padded_vocab(50257, 2) == 50432  # a multiple of 128 on each of 2 ranks
+    assert XL.padded_vocab_size == 50304
+    assert replace(XL, vocab_pad_multiple=256).padded_vocab_size == 50432  # Megatron's 128 x tp=2
     assert stage_parameters(XL, pp=1, tp=1) == XL_PARAMS
     # tp=2: matrices and column-parallel biases halve; LayerNorms, row-parallel biases, wpe stay.
     c, L = 1600, 48
     per_block = (12 * c * c + 7 * c) // 2 + 2 * c + 4 * c
-    xl_tp2 = replace(XL, vocab_size=padded_vocab(50257, 2))
+    xl_tp2 = replace(XL, vocab_pad_multiple=256)
     assert stage_parameters(xl_tp2, pp=1, tp=2) == L * per_block + 50432 * c // 2 + 1024 * c + 2 * c
-    assert stage_parameters(ModelConfig.preset("gpt2-xl"), 1, 1) == 1_557_611_200  # unpadded, as HF
+    assert stage_parameters(replace(XL, vocab_pad_multiple=1), 1, 1) == 1_557_611_200  # unpadded, as HF
 
 
 def test_zero_stages_divide_what_the_zero_paper_says():
