@@ -117,6 +117,9 @@ class ParallelConfig:
     pp: int = 1  # pipeline stages (DeepSpeed PipelineModule)
     zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"  # auto: 3 when pp == 1, else 1 (all DeepSpeed allows)
     activation_checkpoint: int = 0  # recompute activations in chunks of N blocks (1: every block); 0 off
+    # torch.compile the model through DeepSpeed's engine.compile (pp = 1, ZeRO-0/1/2). auto: on a
+    # GPU, off on a CPU (there compiled blocks measured 0.93x eager, after a 20 s compile).
+    compile: Literal["auto", True, False] = "auto"
     ds_config: str = "ds_config.json"
 
 

@@ -115,6 +115,12 @@ def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEng
         config=ds_config,
         mpu=None if layout.pp > 1 else topo.mpu,  # a PipelineModule brings its own grid
     )
+    compile_model = cfg.parallel.compile
+    if compile_model == "auto":  # where it can help: see plan_layout's refusal for where it cannot
+        compile_model = on_gpu and layout.pp == 1 and layout.zero_stage < 3
+    if compile_model:
+        log.info("compiling the model with torch.compile (parallel.compile=%s)", cfg.parallel.compile)
+        engine.compile()  # DeepSpeed's: keeps ZeRO-3's parameter gathering outside the graphs
     return engine, filled
 
 

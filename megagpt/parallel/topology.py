@@ -87,6 +87,14 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             "ZeRO-2 and ZeRO-3 (they communicate per micro-batch, the pipeline runs many); this runs: "
             f"parallel.zero_stage=1 (or auto) with pp={pp}, or zero_stage={stage} with pp=1"
         )
+    if p.compile is True and (pp > 1 or stage == 3):
+        raise ConfigError(
+            f"parallel.compile=true with parallel.pp={pp} and zero stage {stage}: megagpt compiles the "
+            "whole model through DeepSpeed's engine.compile, which the PipelineEngine does not offer, "
+            "and under ZeRO-3 torch.compile traces DeepSpeed's per-module parameter hooks and "
+            "recompiles at every module until it gives up (measured with DeepSpeed 0.19.8); this "
+            "runs: parallel.compile=true with pp=1 and parallel.zero_stage 0-2, or compile=auto"
+        )
     if p.activation_checkpoint < 0:
         raise ConfigError(f"parallel.activation_checkpoint must be >= 0, got {p.activation_checkpoint}")
     return Layout(world=world, dp=world // (tp * pp), pp=pp, tp=tp, zero_stage=stage,

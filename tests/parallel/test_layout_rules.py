@@ -34,6 +34,9 @@ def test_dp_is_what_is_left_and_zero_auto_follows_pp():
      r"parallel.zero_stage=1 \(or auto\) with pp=2, or zero_stage=3 with pp=1"),
     (2, ["parallel.pp=2", "parallel.zero_stage=2"], r"zero_stage=2 with parallel.pp=2"),
     (1, ["parallel.activation_checkpoint=-1"], r"activation_checkpoint must be >= 0"),
+    (2, ["parallel.compile=true"], r"compile=true with parallel.pp=1 and zero stage 3.*"
+                                   r"recompiles at every module.*pp=1 and parallel.zero_stage 0-2"),
+    (2, ["parallel.compile=true", "parallel.pp=2"], r"compile=true with parallel.pp=2 and zero stage 1"),
 ])
 def test_impossible_layouts_are_refused_with_why_and_what_runs(world, overrides, message):
     with pytest.raises(ConfigError, match=message):
