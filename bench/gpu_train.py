@@ -126,7 +126,7 @@ def megagpt_engine(model_cfg: ModelConfig, micro_batch: int, zero_stage: int, ch
 def megagpt_step_seconds(engine, batches: list[torch.Tensor], warmup: int) -> float:
     def step(batch: torch.Tensor) -> None:
         batch = batch.to(engine.device)
-        loss = engine(batch[:, :-1], batch[:, 1:])[1]
+        loss = engine(batch[:, :-1], batch[:, 1:], return_logits=False)[1]
         engine.backward(loss)
         engine.step()
 

@@ -47,7 +47,7 @@ def step_fn(model, loss_of, batch):
 
 
 def ours_loss(model, idx):
-    return model(idx[:, :-1], idx[:, 1:])[1]
+    return model(idx[:, :-1], idx[:, 1:], return_logits=False)[1]
 
 
 def hf_loss(model, idx):

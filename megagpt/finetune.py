@@ -46,7 +46,7 @@ from tqdm import tqdm
 from megagpt.checkpoint import consolidated_state_dict, read_model_config, resolve, save_model
 from megagpt.checkpoint import find_tokenizer as checkpoint_tokenizer
 from megagpt.evaluate import read_jsonl
-from megagpt.model import GPT, mask_vocab_padding
+from megagpt.model import GPT
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 from megagpt.train import init_distributed, param_groups
 
@@ -116,9 +116,7 @@ class TaskModel(nn.Module):
         B, S, T = idx.shape
         flat = idx.view(B * S, T)
         hidden = self.gpt.transformer(flat.clamp(min=0))
-        lm_logits = mask_vocab_padding(self.gpt.lm_head(hidden[:, :-1]), self.gpt.transformer.wte,
-                                       self.gpt.config.vocab_size)
-        lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), flat[:, 1:].flatten(), ignore_index=-1)
+        lm_loss = self.gpt.lm_head(hidden[:, :-1], flat[:, 1:])
         h = hidden[torch.arange(B * S, device=idx.device), extract_at.view(-1)].view(B, S, -1)
         if self.spec.task == "multiple_choice":
             return self.head(self.dropout(h)).squeeze(-1), lm_loss

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megagpt.config import ModelConfig
+from megagpt.linear_cross_entropy import linear_cross_entropy
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
@@ -59,14 +60,30 @@ class Embedding(nn.Embedding):
         nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
 
 
-def mask_vocab_padding(logits: torch.Tensor, embedding: nn.Module, vocab_size: int) -> torch.Tensor:
+def mask_vocab_padding(logits: torch.Tensor, vocab_size: int, start: int = 0) -> torch.Tensor:
     """Set the logits of padding ids (>= vocab_size) to -inf, in place: a few columns written, no
-    copy of the logits (the LM head's backward does not need its output). `embedding` is the tied
-    token embedding, whose `start` is the first id of this rank's slice under tensor parallelism."""
-    real = vocab_size - getattr(embedding, "start", 0)
+    copy of the logits (the LM head's backward does not need its output). `start` is the first id
+    of the slice `logits` holds (tensor parallelism splits the vocabulary)."""
+    real = vocab_size - start
     if real < logits.size(-1):
         logits[..., max(real, 0) :] = float("-inf")
     return logits
+
+
+class LMHead(Linear):
+    """The output layer, whose weight is the tied token embedding: logits with the padding ids at
+    -inf or, given targets, the mean cross-entropy computed a chunk of rows at a time (the logits
+    of all tokens never exist at once). The loss is computed here, in the module that owns the
+    weight, so that ZeRO-3 gathers the weight for it."""
+
+    def __init__(self, in_features: int, out_features: int, vocab_size: int):
+        super().__init__(in_features, out_features, bias=False)
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        if targets is None:
+            return mask_vocab_padding(super().forward(x), self.vocab_size)
+        return linear_cross_entropy(x, self.weight, targets, self.vocab_size)
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -78,9 +95,10 @@ class Layers:
     """The classes a GPT is built from. The defaults are whole layers; megagpt.parallel.tensor
     supplies ones split over a tensor-parallel group with the same signatures."""
 
-    column: Callable[..., nn.Module] = Linear  # input whole: QKV, MLP in, LM head
+    column: Callable[..., nn.Module] = Linear  # input whole: QKV, MLP in
     row: Callable[..., nn.Module] = Linear  # output whole: attention out, MLP out
     embedding: Callable[..., nn.Module] = Embedding  # token embedding (shares its weight with the LM head)
+    lm_head: Callable[..., nn.Module] = LMHead  # (in, padded vocab, vocab): logits, or the loss of targets
     cross_entropy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _cross_entropy
     full_logits: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits
 
@@ -240,23 +258,27 @@ class GPT(nn.Module):
         self.config = config
         self.layers = layers
         self.transformer = Transformer(config, layers)
-        self.lm_head = layers.column(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head = layers.lm_head(config.n_embd, config.padded_vocab_size, config.vocab_size)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, vocab_size) and, given targets (B, T), the mean cross-entropy (-1 is ignored).
 
         With a `cache`, idx continues the sequences the cache holds and the cache is extended.
         With targets the logits are the training ones: padded_vocab_size wide (padding at -inf) and,
         under tensor parallelism, this rank's slice: gathering them would cost the memory the
-        vocabulary-parallel loss saves."""
+        vocabulary-parallel loss saves. With targets and return_logits=False (what the trainer
+        asks for) the logits are None and the loss never holds them all (see LMHead)."""
         length = idx.size(1) + (cache.length if cache is not None else 0)
         if length > self.config.block_size:
             raise ValueError(f"sequence length {length} exceeds model.block_size={self.config.block_size}")
-        logits = self.lm_head(self.transformer(idx, cache))
-        mask_vocab_padding(logits, self.transformer.wte, self.config.vocab_size)
+        hidden = self.transformer(idx, cache)
+        if targets is not None and not return_logits:
+            return None, self.lm_head(hidden, targets)
+        logits = self.lm_head(hidden)
         if targets is None:
             return self.layers.full_logits(logits)[..., : self.config.vocab_size], None
         return logits, self.layers.cross_entropy(logits, targets)

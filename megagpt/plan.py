@@ -117,8 +117,13 @@ def block_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: i
 
 def logits_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: int,
                             dtype_bytes: int = BF16) -> float:
-    """The output layer: its input (ln_f's output) and the fp32 log-softmax the loss keeps."""
+    """What the output layer keeps for backward. Whole (tp = 1) the chunked loss keeps the gradients
+    it computed in forward: the input's and the (padded vocabulary x width) weight's (one chunk's
+    logits in flight, about 0.6 GB on a GPU, are left out); split over tp, the vocabulary-parallel
+    loss keeps its input and the fp32 softmax of this rank's slice."""
     tokens = micro_batch * seq
+    if tp == 1:
+        return (tokens + model.padded_vocab_size) * model.n_embd * dtype_bytes
     return tokens * (model.n_embd * dtype_bytes + FP32 * model.padded_vocab_size / tp)
 
 

@@ -151,7 +151,7 @@ def train_step(engine: deepspeed.DeepSpeedEngine, batches: RankBatches, grad_acc
     total = torch.zeros((), device=engine.device)
     for _ in range(grad_accum):
         x, y = next(batches)
-        _, loss = engine(x.to(engine.device), y.to(engine.device))
+        _, loss = engine(x.to(engine.device), y.to(engine.device), return_logits=False)
         engine.backward(loss)
         engine.step()
         total += loss.detach()
@@ -173,7 +173,7 @@ def evaluate(engine: deepspeed.DeepSpeedEngine, dataset: ShardDataset, cfg: RunC
         with torch.no_grad():
             for _ in range(n):
                 x, y = next(batches)
-                total += engine(x.to(device), y.to(device))[1]
+                total += engine(x.to(device), y.to(device), return_logits=False)[1]
         engine.train()
     dist.all_reduce(total)  # tp and pp ranks hold their dp rank's loss: the world mean is dp's mean
     return total.item() / (n * dist.get_world_size())

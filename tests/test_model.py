@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from megagpt import linear_cross_entropy
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
 
@@ -49,6 +50,41 @@ def test_vocab_padding_takes_no_probability_and_no_gradient():
     assert not grad[320:].any()
     with torch.no_grad():  # what sampling and evaluation see: the real vocabulary only
         torch.testing.assert_close(padded(idx)[0], plain(idx)[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [7, 64, 1000])  # ragged last chunk, several chunks, one chunk
+def test_chunked_loss_equals_the_loss_of_whole_logits(rows, monkeypatch):
+    monkeypatch.setattr(linear_cross_entropy, "CPU_CHUNK_ELEMENTS", rows * 320)
+    model = GPT.from_hf(tiny_hf()).eval()  # no dropout; 320 ids in 384 rows: padding stays out
+    idx = torch.randint(0, 320, (3, 48), generator=torch.Generator().manual_seed(1))
+    targets = idx[:, 1:].clone()
+    targets[0, :20] = -1
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        logits, loss = model(idx[:, :-1], targets, return_logits=return_logits)
+        loss.backward()
+        results.append((logits, loss, [p.grad.clone() for p in model.parameters()]))
+    (whole_logits, whole, whole_grads), (none, chunked, chunked_grads) = results
+    assert whole_logits.shape == (3, 47, 384) and none is None
+    torch.testing.assert_close(chunked, whole, atol=0, rtol=1e-6)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+    assert not model.transformer.wte.weight.grad[320:].any()
+    with torch.no_grad():  # evaluation: the same loss, no gradients computed
+        torch.testing.assert_close(model(idx[:, :-1], targets, return_logits=False)[1], whole.detach(),
+                                   atol=0, rtol=1e-6)
+
+
+def test_chunked_loss_under_bf16_autocast_matches_the_whole_logits_loss():
+    model = GPT.from_hf(tiny_hf()).eval()
+    idx = torch.randint(0, 320, (3, 48), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = [model(idx[:, :-1], idx[:, 1:], return_logits=flag)[1] for flag in (True, False)]
+    grads = [torch.autograd.grad(loss, model.transformer.wte.weight)[0] for loss in losses]
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(losses[1], losses[0], atol=0, rtol=1e-3)
+    torch.testing.assert_close(grads[1], grads[0], atol=5e-4, rtol=0)  # bf16: 8 significant bits
 
 
 def test_export_to_hugging_face_round_trips():

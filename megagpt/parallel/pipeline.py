@@ -43,7 +43,7 @@ def _lm_head(tp_group: dist.ProcessGroup | None, vocab_size: int, embedding: nn.
              x: torch.Tensor) -> torch.Tensor:
     if tp_group is not None:  # the column-parallel head: whole input, this rank's vocabulary slice out
         x = copy_to_tp(x, tp_group)
-    return mask_vocab_padding(F.linear(x, embedding.weight), embedding, vocab_size)
+    return mask_vocab_padding(F.linear(x, embedding.weight), vocab_size, getattr(embedding, "start", 0))
 
 
 class _Seeded:

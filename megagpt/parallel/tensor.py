@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megagpt.model import INIT_STD, Layers
+from megagpt.model import INIT_STD, Layers, mask_vocab_padding
 
 
 class _CopyToTP(torch.autograd.Function):
@@ -98,6 +98,20 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(copy_to_tp(x, self.group), self.weight, self.bias)
+
+
+class VocabParallelLMHead(ColumnParallelLinear):
+    """The output layer split over the vocabulary (its weight is the tied VocabParallelEmbedding's):
+    this rank's logits, padding at -inf, or given targets the vocabulary-parallel loss."""
+
+    def __init__(self, in_features: int, out_features: int, vocab_size: int, *, group: dist.ProcessGroup):
+        super().__init__(in_features, out_features, bias=False, group=group)
+        self.vocab_size = vocab_size
+        self.start = dist.get_rank(group) * (out_features // dist.get_world_size(group))
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        logits = mask_vocab_padding(super().forward(x), self.vocab_size, self.start)
+        return logits if targets is None else vocab_parallel_cross_entropy(logits, targets, group=self.group)
 
 
 class RowParallelLinear(nn.Module):
@@ -185,6 +199,7 @@ def tensor_parallel_layers(group: dist.ProcessGroup) -> Layers:
         column=partial(ColumnParallelLinear, group=group),
         row=partial(RowParallelLinear, group=group),
         embedding=partial(VocabParallelEmbedding, group=group),
+        lm_head=partial(VocabParallelLMHead, group=group),
         cross_entropy=partial(vocab_parallel_cross_entropy, group=group),
         full_logits=partial(_gather_vocab, group=group),
     )
