@@ -1,14 +1,17 @@
-"""A cache-line-blocked, sectorized Bloom filter of 64-bit item hashes: numpy-vectorised, mergeable,
+"""A cache-line-blocked, sectorized Bloom filter of 64-bit item hashes: compiled, mergeable,
 memory-mapped.
 
 Layout: blocks of 512 bits (one 64-byte cache line), each eight 64-bit words ("sectors"). An item
 visits g blocks and sets k bits in every sector of each (Lang et al., "Performance-optimal
-filtering", 2019). Then an item's 8 masks in a block are computed for all items at once with
-numpy shifts (no per-bit fancy indexing), and an insert or query is one 64-byte gather/scatter
-a block. Blocking and sectors cost bits against a classic filter: at the default 1e-8 the filter
-uses 41 bits an item (g = 3, k = 1) where a classic one needs 38.3. `size_for` takes bits an item,
-k and g from the false-positive formula of a sectorized blocked filter (a Poisson mixture over
-block loads), so the target holds for the number of items the filter was sized for.
+filtering", 2019), so an insert or query touches g cache lines. Blocking and sectors cost bits
+against a classic filter: at the default 1e-8 the filter uses 41 bits an item (g = 3, k = 1) where
+a classic one needs 38.3. `size_for` takes bits an item, k and g from the false-positive formula of
+a sectorized blocked filter (a Poisson mixture over block loads), so the target holds for the
+number of items the filter was sized for.
+
+Insert and query are loops over the items compiled by numba: an item's block and masks are a few
+register operations, where numpy needs temporaries for each step and a second pass for items of a
+batch that share a block (measured 6x slower; bench/bloom.py).
 
 Items are uint64 hashes (pipelines/ngrams.py). Filters of the same shape built on different
 shards or ranks merge by bitwise OR (`|`, or `allreduce` over MPI with BOR): the merge equals the
@@ -25,21 +28,58 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
-from pipelines.ngrams import fmix64
+from pipelines.ngrams import fmix64, fmix64_scalar
 
 BLOCK_BITS = 512
 SECTORS = BLOCK_BITS // 64
 MAX_BLOCKS = 3
 MAX_K = 3  # bits a sector
 MAX_BLOCK_COUNT = 1 << 32  # block index = (high 32 hash bits * n_blocks) >> 32 (Lemire's fast range)
-MAGIC = b"MGBLOOM3"
+MAGIC = b"MGBLOOM4"  # 4: n-gram hashes of compiled word hashing; earlier files hold other hashes
 _HEADER_ALIGN = 64
-_BATCH = 1 << 13  # items a numpy pass: temporaries (512 KB) stay in cache; measured best of 2^11..2^16
+# one hash seed for each visit's block and for each of its k bits a sector
 _SALTS = fmix64(np.arange(1, 1 + MAX_BLOCKS * (MAX_K + 1), dtype=np.uint64)).reshape(MAX_BLOCKS, MAX_K + 1)
-_ROW = np.dtype((np.void, BLOCK_BITS // 8))
-_SECTOR_SHIFTS = np.arange(0, 6 * SECTORS, 6, dtype=np.uint64)  # 6 bits of one hash a sector
+_U32, _U6, _U63, _U1 = (np.uint64(v) for v in (32, 6, 63, 1))  # numba: uint64 with an int is float64
+
+
+@numba.njit(inline="always")
+def _place(h: np.uint64, salts: np.ndarray, n_blocks: np.uint64, k: int, masks: np.ndarray) -> np.uint64:
+    """The block an item visits (Lemire's fast range of 32 hash bits) and, into `masks`, its bit
+    in every sector from each of k further hashes (six of a hash's bits a sector)."""
+    block = ((fmix64_scalar(h ^ salts[0]) >> _U32) * n_blocks) >> _U32
+    masks[:] = 0
+    for i in range(1, k + 1):
+        bits = fmix64_scalar(h ^ salts[i])
+        for s in range(SECTORS):
+            masks[s] |= _U1 << ((bits >> (_U6 * np.uint64(s))) & _U63)
+    return block
+
+
+@numba.njit(cache=True, nogil=True)
+def _add(blocks: np.ndarray, hashes: np.ndarray, k: int, g: int) -> None:
+    masks = np.empty(SECTORS, np.uint64)
+    for h in hashes:
+        for visit in range(g):
+            block = _place(h, _SALTS[visit], np.uint64(blocks.shape[0]), k, masks)
+            for s in range(SECTORS):
+                blocks[block, s] |= masks[s]
+
+
+@numba.njit(cache=True, nogil=True)
+def _contains(blocks: np.ndarray, hashes: np.ndarray, k: int, g: int, out: np.ndarray) -> None:
+    masks = np.empty(SECTORS, np.uint64)
+    for j, h in enumerate(hashes):
+        found = True
+        for visit in range(g):
+            block = _place(h, _SALTS[visit], np.uint64(blocks.shape[0]), k, masks)
+            for s in range(SECTORS):
+                found &= blocks[block, s] & masks[s] == masks[s]
+            if not found:
+                break
+        out[j] = found
 
 
 def blocked_false_positive(bits_per_item: float, k: int, g: int) -> float:
@@ -84,7 +124,6 @@ class BloomFilter:
         self.n_blocks, self.k, self.g = n_blocks, k, g
         self.meta = dict(meta or {})
         self.blocks = np.zeros((n_blocks, SECTORS), np.uint64) if blocks is None else blocks
-        self._owner: np.ndarray | None = None  # scratch for add(): which item of a batch writes a block
 
     @classmethod
     def for_items(cls, n_items: int, fp: float = 1e-8, **meta: Any) -> BloomFilter:
@@ -101,51 +140,13 @@ class BloomFilter:
     def shape(self) -> tuple[int, int, int]:
         return self.n_blocks, self.k, self.g
 
-    def _locate(self, hashes: np.ndarray, visit: int) -> tuple[np.ndarray, np.ndarray]:
-        """The block each item visits on its `visit`-th visit, and its 8 sector masks there.
-
-        One 64-bit hash places the block, and each further one gives one bit in every sector
-        (six of its bits a sector): k + 1 hashes an item and visit, all numpy-vectorised.
-        """
-        h = np.asarray(hashes, dtype=np.uint64)
-        salts = _SALTS[visit]
-        high = fmix64(h ^ salts[0]) >> np.uint64(32)
-        block = ((high * np.uint64(self.n_blocks)) >> np.uint64(32)).astype(np.intp)
-        masks = np.zeros((len(h), SECTORS), np.uint64)
-        for i in range(1, self.k + 1):
-            bits = fmix64(h ^ salts[i])
-            masks |= np.left_shift(np.uint64(1), (bits[:, None] >> _SECTOR_SHIFTS) & np.uint64(63))
-        return block, masks
-
     def add(self, hashes: np.ndarray) -> None:
-        rows = self.blocks.view(_ROW).reshape(-1)  # one 64-byte element a block
-        if self._owner is None:
-            self._owner = np.zeros(self.n_blocks, np.int32)
-        for lo in range(0, len(hashes), _BATCH):
-            for visit in range(self.g):
-                block, masks = self._locate(hashes[lo : lo + _BATCH], visit)
-                # several items of a batch may share a block, and a fancy-index write keeps only
-                # one of them: write one item a block (the last to claim it), then the rest again
-                while len(block):
-                    claim = np.arange(len(block), dtype=np.int32)
-                    self._owner[block] = claim
-                    won = self._owner[block] == claim
-                    mine = block[won]
-                    merged = np.take(self.blocks, mine, axis=0)
-                    merged |= masks[won]
-                    rows[mine] = merged.view(_ROW).reshape(-1)
-                    block, masks = block[~won], masks[~won]
+        _add(self.blocks, np.ascontiguousarray(hashes, dtype=np.uint64), self.k, self.g)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         """A bool for each hash: False means surely absent, True present up to the fp rate."""
-        out = np.ones(len(hashes), dtype=bool)
-        for lo in range(0, len(hashes), _BATCH):
-            part = out[lo : lo + _BATCH]
-            for visit in range(self.g):
-                block, masks = self._locate(hashes[lo : lo + _BATCH], visit)
-                present = np.take(self.blocks, block, axis=0)
-                present &= masks
-                part &= present.view(_ROW).reshape(-1) == masks.view(_ROW).reshape(-1)
+        out = np.empty(len(hashes), dtype=bool)
+        _contains(self.blocks, np.ascontiguousarray(hashes, dtype=np.uint64), self.k, self.g, out)
         return out
 
     def _check_compatible(self, other: BloomFilter) -> None:

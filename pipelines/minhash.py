@@ -1,7 +1,7 @@
 """MinHash signatures of documents' word 5-gram sets, numpy-vectorised.
 
-A document's shingles are its word n-grams (pipelines/ngrams.py: normalised words, xxh3 word
-hashes combined in numpy, no per-shingle Python call). Permutation j maps the low 32 bits h of a
+A document's shingles are its word n-grams (pipelines/ngrams.py: normalised words hashed in a
+compiled loop, combined in numpy, no per-shingle Python call). Permutation j maps the low 32 bits h of a
 shingle hash to a_j * h + b_j mod 2^32 with a_j odd, a bijection of 32-bit values; the signature
 keeps each permutation's minimum (uint32: half the memory traffic of 64-bit values, and two
 different minima collide with odds 2^-32). Two documents agree on a permutation with probability

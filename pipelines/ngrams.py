@@ -1,22 +1,25 @@
-"""Word n-grams of a document as stable 64-bit hashes, computed with numpy a document at a time.
+"""Word n-grams of documents as stable 64-bit hashes, computed in compiled loops and numpy.
 
 Normalisation follows GPT-2 section 4: lower-cased alphanumeric words (`[^\\W_]+`), so
 "Don't  STOP!" is the words `don t stop`. N-grams are consecutive words inside one document,
 never across two.
 
-Hashing: each word is hashed once with xxh3-64 (stable across runs and machines, unlike Python's
-salted `hash()`), then an n-gram's hash is a position-weighted sum of its word hashes passed
-through the murmur3 64-bit finaliser, all in numpy. This is one Python call a word instead of
-building and hashing a string a n-gram; two different n-grams collide with probability about
-2^-64, far below any false-positive rate a Bloom filter is asked for.
+Hashing: the lower-cased text's code points are scanned once by a numba loop that looks each one
+up in a table built from the WORD pattern itself (so a word is exactly what the regex finds) and
+hashes each word as it ends (FNV-1a over code points, then murmur3's fmix64 with the length);
+an n-gram's hash is a position-weighted sum of its word hashes through fmix64, in numpy. No
+Python call a word or a n-gram, and stable across runs and machines (unlike Python's salted
+`hash()`). Two different n-grams collide with probability about 2^-64, far below any false-positive
+rate a Bloom filter is asked for.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
+import numba
 import numpy as np
-import xxhash
 
 WORD = re.compile(r"[^\W_]+")
 
@@ -28,8 +31,9 @@ _POSITION_WEIGHTS = np.array([
     0x8EBC6AF09C88C6E3, 0x589965CC75374CC3, 0x1D8E4E27C47D124F, 0xF1357AEA2E62A9C5,
 ], dtype=np.uint64)
 MAX_N = len(_POSITION_WEIGHTS)
-_HASH_CACHE: dict[str, int] = {}
-_CACHE_LIMIT = 1 << 21  # words; about 250 MB at most
+_FMIX1, _FMIX2, _U33 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+_SEPARATOR = "\0"  # between the documents of a batch: not a word character, so words end there
 
 
 def words(text: str) -> list[str]:
@@ -39,25 +43,69 @@ def words(text: str) -> list[str]:
 
 def fmix64(h: np.ndarray) -> np.ndarray:
     """murmur3's 64-bit finaliser: every input bit affects every output bit (uint64 arrays wrap)."""
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xFF51AFD7ED558CCD)
-    h = h ^ (h >> np.uint64(33))
-    h = h * np.uint64(0xC4CEB9FE1A85EC53)
-    return h ^ (h >> np.uint64(33))
+    h = h ^ (h >> _U33)
+    h = h * _FMIX1
+    h = h ^ (h >> _U33)
+    h = h * _FMIX2
+    return h ^ (h >> _U33)
+
+
+@numba.njit(inline="always")
+def fmix64_scalar(h: np.uint64) -> np.uint64:
+    """fmix64 of one uint64, for compiled loops (numba: constants must stay uint64)."""
+    h ^= h >> _U33
+    h *= _FMIX1
+    h ^= h >> _U33
+    h *= _FMIX2
+    return h ^ (h >> _U33)
+
+
+@lru_cache(maxsize=1)
+def _word_characters() -> np.ndarray:
+    """A bool for every code point: does WORD match it (about 0.1 s, once a process)."""
+    table = np.zeros(0x110000, dtype=np.bool_)
+    for match in WORD.finditer("".join(map(chr, range(0x110000)))):
+        table[match.start() : match.end()] = True
+    return table
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_words(code_points, is_word, doc_ends, hashes, counts) -> int:
+    """Hash each word of the joined documents into `hashes` and count each document's words."""
+    n = doc = length = 0
+    h = _FNV_OFFSET
+    for i in range(code_points.shape[0]):
+        c = code_points[i]
+        if is_word[c]:
+            h = (h ^ np.uint64(c)) * _FNV_PRIME
+            length += 1
+        elif length:
+            hashes[n] = fmix64_scalar(h ^ np.uint64(length))
+            n += 1
+            counts[doc] += 1
+            h, length = _FNV_OFFSET, 0
+        if i == doc_ends[doc]:
+            doc += 1
+    return n
+
+
+def word_hashes_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The hashes of the normalised words of many documents, concatenated, and each one's count."""
+    if not texts:
+        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
+    lowered = [t.lower() for t in texts]  # before measuring: lower() may change a text's length
+    lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered))
+    joined = _SEPARATOR.join(lowered) + _SEPARATOR
+    code_points = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    hashes = np.empty(len(code_points) // 2 + 1, dtype=np.uint64)  # a word and a separator at least
+    counts = np.zeros(len(texts), dtype=np.int64)
+    n = _hash_words(code_points, _word_characters(), np.cumsum(lengths + 1) - 1, hashes, counts)
+    return hashes[:n], counts
 
 
 def word_hashes(text: str) -> np.ndarray:
-    """xxh3-64 of each normalised word of `text`, in order.
-
-    Words follow Zipf's law, so a cache of hashes already computed answers most of them with a
-    dict lookup (about 3x faster than hashing each); it is emptied when it reaches _CACHE_LIMIT.
-    """
-    ws = words(text)
-    if len(_HASH_CACHE) > _CACHE_LIMIT:
-        _HASH_CACHE.clear()
-    for w in set(ws).difference(_HASH_CACHE):
-        _HASH_CACHE[w] = xxhash.xxh3_64_intdigest(w.encode())
-    return np.fromiter(map(_HASH_CACHE.__getitem__, ws), dtype=np.uint64, count=len(ws))
+    """The hash of each normalised word of `text`, in order."""
+    return word_hashes_batch([text])[0]
 
 
 def ngram_hashes(text: str, n: int = 8) -> np.ndarray:
@@ -68,22 +116,16 @@ def ngram_hashes(text: str, n: int = 8) -> np.ndarray:
 def ngram_hashes_batch(texts: list[str], n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The n-gram hashes of many documents at once, and how many each document has.
 
-    Same values as ngram_hashes on each text, concatenated; the numpy work is done once for the
-    batch (a short document costs about as much numpy overhead as its hashing otherwise).
+    Same values as ngram_hashes on each text, concatenated; the work is done once for the batch
+    (a short document costs about as much call overhead as its hashing otherwise).
     """
-    per_doc = [words(t) for t in texts]
-    lengths = np.fromiter(map(len, per_doc), dtype=np.int64, count=len(per_doc))
-    everything = [w for ws in per_doc for w in ws]
-    if len(_HASH_CACHE) > _CACHE_LIMIT:
-        _HASH_CACHE.clear()
-    for w in set(everything).difference(_HASH_CACHE):
-        _HASH_CACHE[w] = xxhash.xxh3_64_intdigest(w.encode())
-    hashes = combine(np.fromiter(map(_HASH_CACHE.__getitem__, everything), np.uint64, len(everything)), n)
+    hashes, lengths = word_hashes_batch(texts)
+    combined = combine(hashes, n)
     counts = np.maximum(lengths - n + 1, 0)
     # the n-gram starting at word i of the batch is one of its document's when it ends there too
-    offset_in_doc = np.arange(len(everything)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    offset_in_doc = np.arange(len(hashes)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     inside = offset_in_doc < np.repeat(counts, lengths)
-    return hashes[inside[: len(hashes)]], counts
+    return combined[inside[: len(combined)]], counts
 
 
 def combine(hashes: np.ndarray, n: int) -> np.ndarray:
