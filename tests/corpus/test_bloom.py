@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from pipelines.bloom import BloomFilter, size_for
-from pipelines.ngrams import (combine, ngram_hashes, ngram_hashes_batch, ngram_strings, word_hashes,
-                              word_hashes_batch, words)
+from pipelines.ngrams import (
+    combine,
+    ngram_hashes,
+    ngram_hashes_batch,
+    ngram_strings,
+    word_hashes,
+    word_hashes_batch,
+    words,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,8 @@ def test_ngram_normalisation_and_hash_agree_with_strings(articles):
 def test_compiled_word_hashing_finds_the_words_the_regex_finds(wikitext):
     # lower() lengthening a text (İ -> i + U+0307), NUL inside a text, characters past the BMP, a
     # lone surrogate, scripts without spaces between letters and words
-    tricky = ["İSTANBUL ǅemal ﬁne", "a\0b c", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 ok", "lone \udc80 surrogate", "中文 日本語 한국어", "x", ""]
+    tricky = ["İSTANBUL ǅemal ﬁne", "a\0b c", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 ok", "lone \udc80 surrogate",
+              "中文 日本語 한국어", "x", ""]
     hashes, counts = word_hashes_batch(tricky)
     assert counts.tolist() == [len(words(t)) for t in tricky]
     vocab = sorted(set(words(wikitext)) | {w for t in tricky for w in words(t)})
