@@ -85,6 +85,11 @@ def gather_split(piece: torch.Tensor, split: tuple[int, int], group: dist.Proces
     return torch.cat([torch.cat(block, dim=dim) for block in blocks], dim=dim)
 
 
+def vocab_slice_start(vocab: int, group: dist.ProcessGroup) -> int:
+    """The first id of this rank's rows of a (vocab, ...) weight split evenly over `group`."""
+    return dist.get_rank(group) * (vocab // dist.get_world_size(group))
+
+
 class ColumnParallelLinear(nn.Module):
     """y_local = x W_local^T + b_local, W split over output features. `parts` > 1 splits each of
     that many stacked outputs separately (QKV: each rank gets its heads' q, k and v)."""
@@ -107,7 +112,7 @@ class VocabParallelLMHead(ColumnParallelLinear):
     def __init__(self, in_features: int, out_features: int, vocab_size: int, *, group: dist.ProcessGroup):
         super().__init__(in_features, out_features, bias=False, group=group)
         self.vocab_size = vocab_size
-        self.start = dist.get_rank(group) * (out_features // dist.get_world_size(group))
+        self.start = vocab_slice_start(out_features, group)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         logits = mask_vocab_padding(super().forward(x), self.vocab_size, self.start)
@@ -136,7 +141,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.group = group
         self.weight = _split(torch.empty(num_embeddings, embedding_dim).normal_(0.0, INIT_STD), 0, group)
-        self.start = dist.get_rank(group) * (num_embeddings // dist.get_world_size(group))
+        self.start = vocab_slice_start(num_embeddings, group)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         local = idx - self.start
