@@ -2,7 +2,7 @@
 
     python -m pipelines.build --input data/sample/html --output data/shards \
         --train-tokenizer --vocab-size 8192 [--decontaminate lambada=data/eval/lambada/...]
-    mpiexec -n 4 python -m pipelines.build ...          # same output, the work split over 4 ranks
+    mpiexec -n 4 python -m pipelines.build ...          # the same corpus, the work split over 4 ranks
 
 Stages: read -> extract (HTML to text) -> clean -> filter (length, mostly text, blocked domains)
 -> exact dedup -> near dedup (MinHash LSH) -> decontaminate (optional) -> split (train / valid by
@@ -11,70 +11,501 @@ a seeded hash of the text) -> tokenizer (trained on a sample of the train split,
 its manifest.json and a copy of the tokenizer. Every stage counts documents in, out and dropped by
 reason, and the counts reconcile.
 
-Under MPI, document i (in sorted-file order) is extracted, cleaned, filtered, hashed, signed and
-checked for contamination by rank i mod K; rank 0 gathers the digests and signatures and makes
-every dedup decision in document order, exactly as one rank would; each rank tokenizes its kept
-documents and rank 0 writes the shards in document order. So `-n K` writes byte-identical shards
-and manifest to `-n 1`.
+At scale: the input is cut into chunks (pipelines/sources.py) and every step is a set of units
+(a chunk, or a hash range for the dedup decisions) whose results are files in the work area
+`OUT.build/` (pipelines/workarea.py). Ranks claim units as they go, so memory per rank is bounded
+by a chunk or a hash range, never by the corpus, and no rank gathers documents, signatures or
+tokens: rank 0 only sums counts and lists shards. Decisions depend on document keys (place in the
+sorted input), never on which rank did what, so `-n K` writes the same files as `-n 1`. A build
+that dies is continued by the same command; the finished output replaces OUT (with --force) only
+at the very end, so a failed build never destroys a previous one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+import zstandard
 
 from megagpt.tokenizer import Tokenizer
 from pipelines.clean import clean_text
 from pipelines.decontaminate import Decontaminator
-from pipelines.dedup import exact_duplicates, near_duplicates
+from pipelines.dedup import (
+    band_records,
+    candidate_pairs,
+    digest_records,
+    exact_duplicate_keys,
+    near_duplicate_keys,
+    partition_rows,
+    range_bounds,
+    text_digest,
+    verified_edges,
+)
 from pipelines.extract import extract_html
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS, FilterConfig, reject_reason
 from pipelines.minhash import MinHasher
 from pipelines.mpi import LocalComm, settle, world
 from pipelines.overlap import parse_named
 from pipelines.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
-from pipelines.sources import RawDocument, list_inputs, read_documents
+from pipelines.sources import Chunk, Piece, RawDocument, list_inputs, plan_chunks, read_chunk
+from pipelines.workarea import WorkArea, run_units, save_array, save_json
 
 log = logging.getLogger("pipelines.build")
 TOKENIZER_FILE = "tokenizer.model"
+MIB = 1 << 20
+RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of digests)
+# what happened to a document that passed the filters, stored as one byte a document
+TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
 
 
-@dataclass
-class Document:
-    index: int  # place in the global document order (sorted files, then position in file)
-    text: str
-    source: str
-    url: str | None
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything that decides a build's output; written to the manifest, checked on resume."""
 
-    @property
-    def digest(self) -> str:
-        """Hash of the text up to case and whitespace: the exact-duplicate key and the sample key."""
-        normal = " ".join(self.text.lower().split())
-        return hashlib.blake2b(normal.encode(), digest_size=16).hexdigest()
+    tokenizer: str | None = None  # an existing sentencepiece model, or None to train one
+    vocab_size: int | None = None  # with tokenizer=None
+    valid_fraction: float = 0.05
+    min_chars: int = 200
+    min_alpha: float = 0.6
+    blocked_domains: tuple[str, ...] = DEFAULT_BLOCKED_DOMAINS
+    near_threshold: float = 0.8
+    num_perm: int = 128
+    shingle: int = 5
+    decontaminate: Mapping[str, str] = field(default_factory=dict)
+    decontaminate_threshold: float = 0.01
+    tokenizer_sample: int = 100_000
+    seed: int = 0
+    max_shard_tokens: int = 50_000_000
+    chunk_mb: float | None = None  # None: total input / 256, within [1, 64] MiB
+
+    def __post_init__(self) -> None:
+        if (self.tokenizer is None) == (self.vocab_size is None):
+            raise ValueError("give exactly one of --tokenizer MODEL or --train-tokenizer --vocab-size N")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"--valid-fraction {self.valid_fraction} must be in [0, 1)")
+        if self.tokenizer_sample < 1:
+            raise ValueError(f"--tokenizer-sample {self.tokenizer_sample} must be at least 1")
+        if self.chunk_mb is not None and self.chunk_mb <= 0:
+            raise ValueError(f"--chunk-mb {self.chunk_mb} must be positive")
+        object.__setattr__(self, "blocked_domains", tuple(self.blocked_domains))
+        object.__setattr__(self, "decontaminate", {k: str(v) for k, v in self.decontaminate.items()})
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", str(self.tokenizer))
+            try:
+                Tokenizer.load(self.tokenizer)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"--tokenizer {self.tokenizer}: {err}; give a sentencepiece model, e.g. "
+                                 "the tokenizer.model of an earlier build") from None
+
+    def chunk_bytes(self, total_bytes: int) -> int:
+        if self.chunk_mb is not None:
+            return max(1, int(self.chunk_mb * MIB))
+        return int(min(64 * MIB, max(MIB, total_bytes / 256)))
+
+    def manifest(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tokenizer"} | {
+            "blocked_domains": list(self.blocked_domains)}
 
 
-@dataclass
-class Survivor:
-    """What rank 0 needs of a document that passed the filters, to make the corpus-wide decisions."""
+def build(inputs: Sequence[str | Path], output: str | Path, *, workers: int | None = None,
+          force: bool = False, comm: Any = None, **options: Any) -> dict[str, Any]:
+    """Build the corpus in `output` (and `output/valid`) and return its manifest (on every rank).
 
-    index: int
-    digest: str
-    signature: np.ndarray | None
-    contamination: str | None
+    `options` are BuildSettings' fields. `workers`: processes a rank (default: all cores on one
+    rank, 1 under MPI). A build of the same inputs and settings into the same `output` continues
+    from the finished units of an earlier attempt in `output`.build/.
+    """
+    comm = comm or world()
+    settings = BuildSettings(**options)
+    output = Path(output)
+    files = list_inputs(inputs)
+    _check_output(output, inputs, force)
+    if workers is None:
+        workers = 1 if comm.Get_size() > 1 else len(os.sched_getaffinity(0))
+    run = _Build(settings, files, WorkArea(Path(f"{output}.build")), comm, workers)
+    run.start()
+    run.map_chunks()
+    run.decide_duplicates()
+    run.decide_documents()
+    run.make_tokenizer()
+    run.tokenize()
+    manifest = run.finish(output)
+    return manifest
+
+
+def _check_output(output: Path, inputs: Sequence[str | Path], force: bool) -> None:
+    """Refuse, before any work, an output that would destroy or swallow an input."""
+    target = output.resolve()
+    for item in map(Path, inputs):
+        source = item.resolve()
+        if target == source or target in source.parents:
+            raise ValueError(f"--output {output} holds the input {item}; write the corpus elsewhere")
+        if source in target.parents:
+            raise ValueError(f"--output {output} is inside the input folder {item}: a later build would "
+                             "read its work files; write the corpus elsewhere")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} is a file; give a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise FileExistsError(f"--output {output} is not empty; pass --force to replace it "
+                              "(the old corpus is replaced only once the new one is complete)")
+    parent = next(p for p in target.parents if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--output {output}: cannot write in {parent}; choose a writable folder")
+
+
+class _Build:
+    """One build's steps; each reads what the step before left in the work area."""
+
+    def __init__(self, settings: BuildSettings, files: list[Path], area: WorkArea, comm: Any, workers: int):
+        self.s, self.files, self.area, self.comm, self.workers = settings, files, area, comm, workers
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.filters = FilterConfig(settings.min_chars, settings.min_alpha, settings.blocked_domains)
+        self.hasher = MinHasher(settings.num_perm, settings.shingle, seed=settings.seed + 1)
+        self.decontaminator = Decontaminator(settings.decontaminate, settings.decontaminate_threshold)
+        self.eval_names = list(settings.decontaminate)
+        self.chunks: list[Chunk] = []
+
+    # -- plan ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Plan the chunks (rank 0), or check that the work area holds this same build."""
+        plan = None
+        if self.rank == 0:
+            total = sum(p.stat().st_size for p in self.files)
+            chunks = plan_chunks(self.files, self.s.chunk_bytes(total))
+            plan = {"settings": self.s.manifest() | {"tokenizer": self.s.tokenizer},
+                    "inputs": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files],
+                    "chunks": [[[p.file, p.start, p.end] for p in c.pieces] for c in chunks]}
+            self.area.work.mkdir(parents=True, exist_ok=True)
+            plan_file = self.area.work / "plan.json"
+            if plan_file.is_file():
+                earlier = json.loads(plan_file.read_text())
+                if earlier != json.loads(json.dumps(plan)):
+                    plan = {"error": f"{self.area.root} holds an unfinished build of other inputs or "
+                                     f"settings; delete it (rm -r {self.area.root}) to start over"}
+                else:
+                    log.info("continuing the build in %s", self.area.root)
+            else:
+                save_json(plan_file, plan)
+            if "error" not in plan:
+                log.info("%d input files, %.1f MB, in %d chunks", len(self.files), total / 1e6, len(chunks))
+        plan = self.comm.bcast(plan, root=0)
+        if "error" in plan:
+            raise ValueError(plan["error"])
+        self.chunks = [Chunk(i, tuple(Piece(*p) for p in c)) for i, c in enumerate(plan["chunks"])]
+        self.first_keys = np.array([c.first_key for c in self.chunks], np.uint64)
+        self.area.start_attempt(self.comm)
+
+    def _run(self, stage: str, units: Sequence[int], task) -> None:
+        run_units(self.area, self.comm, stage, units, task, self.workers)
+
+    # -- per chunk: read, extract, clean, filter, hash, sign, check contamination -------------
+
+    def map_chunks(self) -> None:
+        self._run("map", range(len(self.chunks)), self._map_chunk)
+
+    def _map_chunk(self, unit: int) -> None:
+        skipped, no_text, filtered = Counter(), Counter(), Counter()
+        n_read = 0
+        kept: list[tuple[int, str, str, str | None]] = []
+        for raw in read_chunk(self.files, self.chunks[unit], skipped):
+            n_read += 1
+            text, url = _extract(raw)
+            if not text.strip():
+                no_text["no_main_text"] += 1
+                continue
+            text = clean_text(text)
+            reason = reject_reason(text, url, self.filters)
+            if reason is not None:
+                filtered[reason] += 1
+                continue
+            kept.append((raw.key, text, raw.source, url))
+        keys = np.array([k for k, *_ in kept], np.uint64)
+        digests = np.frombuffer(b"".join(text_digest(t) for _, t, _, _ in kept), np.uint8).reshape(-1, 16)
+        signatures = [self.hasher.signature(t) for _, t, _, _ in kept]
+        signed = np.array([s is not None for s in signatures], bool)
+        sigs = np.array([s if s is not None else np.zeros(self.s.num_perm, np.uint32) for s in signatures],
+                        np.uint32).reshape(-1, self.s.num_perm)
+        contamination = np.array([self._contamination(t) for _, t, _, _ in kept], np.int16)
+        with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "wt", encoding="utf-8") as out:
+            for _, text, source, url in kept:
+                out.write(json.dumps({"text": text, "source": source, "url": url}, ensure_ascii=False) + "\n")
+        np.savez(self.area.file("map", unit, "docs.npz"), keys=keys, digests=digests, signed=signed,
+                 contamination=contamination)
+        save_array(self.area.file("map", unit, "signatures.npy"), sigs)
+        exact = digest_records(keys, digests)
+        save_array(self.area.file("map", unit, "digests.npy"), exact)
+        save_array(self.area.file("map", unit, "digests.bounds.npy"), range_bounds(exact["d0"]))
+        bands = band_records(keys[signed], sigs[signed], self.s.near_threshold)
+        save_array(self.area.file("map", unit, "bands.npy"), bands)
+        save_array(self.area.file("map", unit, "bands.bounds.npy"), range_bounds(bands["h"]))
+        self.area.finish("map", unit, {"read": n_read, "skipped": skipped, "no_text": no_text,
+                                       "filtered": filtered, "kept": len(kept)})
+
+    def _contamination(self, text: str) -> int:
+        reason = self.decontaminator.reject_reason(text)
+        return -1 if reason is None else self.eval_names.index(reason.split(":", 1)[1])
+
+    # -- dedup decisions, a hash range at a time ----------------------------------------------
+
+    def decide_duplicates(self) -> None:
+        kept = sum(self.area.record("map", c.id)["kept"] for c in self.chunks)
+        self.exact_parts = self._partitions("exact", kept)
+        self._run("exact", range(self.exact_parts), self._exact_partition)
+        self.near_parts = self._partitions("near", kept * 16)  # ~9-16 band records a document
+        self._run("near", range(self.near_parts), self._near_partition)
+        edges = [np.load(self.area.file("near", p, "edges.npy")) for p in range(self.near_parts)]
+        self.near_duplicates = near_duplicate_keys(np.concatenate(edges) if edges else np.empty((0, 2)))
+
+    def _partitions(self, stage: str, records: int) -> int:
+        """How many hash ranges `stage` is cut into: fixed at its first attempt, so that a
+        continued build finds its finished ranges whatever its number of ranks."""
+        path = self.area.stage(stage) / "partitions.json"
+        if self.rank == 0 and not path.is_file():
+            parts = min(1 << 12, max(self.size, math.ceil(records / RECORDS_A_PARTITION)))
+            save_json(path, {"partitions": parts})
+        self.comm.Barrier()
+        return json.loads(path.read_text())["partitions"]
+
+    def _gather_partition(self, name: str, part: int, parts: int) -> np.ndarray:
+        """Every chunk's records of hash range `part`: read from the chunks' sorted files."""
+        pieces = []
+        for c in self.chunks:
+            bounds = np.load(self.area.file("map", c.id, f"{name}.bounds.npy"))
+            rows = partition_rows(bounds, part, parts)
+            if rows.stop > rows.start:
+                pieces.append(np.load(self.area.file("map", c.id, f"{name}.npy"), mmap_mode="r")[rows])
+        return np.concatenate(pieces) if pieces else np.empty(0)
+
+    def _exact_partition(self, part: int) -> None:
+        records = self._gather_partition("digests", part, self.exact_parts)
+        duplicates = exact_duplicate_keys(records) if len(records) else np.empty(0, np.uint64)
+        save_array(self.area.file("exact", part, "duplicates.npy"), duplicates.astype(np.uint64))
+        self.area.finish("exact", part, {"duplicates": len(duplicates)})
+
+    def _near_partition(self, part: int) -> None:
+        records = self._gather_partition("bands", part, self.near_parts)
+        pairs = candidate_pairs(records) if len(records) else np.empty((0, 2), np.uint64)
+        edges = verified_edges(pairs, self._signature_lookup(), self.s.near_threshold)
+        save_array(self.area.file("near", part, "edges.npy"), edges.astype(np.uint64).reshape(-1, 2))
+        self.area.finish("near", part, {"candidates": len(pairs), "edges": len(edges)})
+
+    def _signature_lookup(self):
+        cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def signature_of(key: int) -> np.ndarray:
+            chunk = int(np.searchsorted(self.first_keys, np.uint64(key), side="right")) - 1
+            if chunk not in cache:
+                keys = np.load(self.area.file("map", chunk, "docs.npz"))["keys"]
+                cache[chunk] = keys, np.load(self.area.file("map", chunk, "signatures.npy"), mmap_mode="r")
+            keys, sigs = cache[chunk]
+            return sigs[int(np.searchsorted(keys, np.uint64(key)))]
+
+        return signature_of
+
+    # -- per chunk: what becomes of each document ---------------------------------------------
+
+    def decide_documents(self) -> None:
+        self._run("decide", range(len(self.chunks)), self._decide_chunk)
+        self.counts = self._stage_counts()
+        if not self.counts["split"]["train"]:
+            raise ValueError(f"no documents left for training from {len(self.files)} input files; see the "
+                             f"counts above (lower --min-chars {self.s.min_chars}?)")
+
+    def _decide_chunk(self, unit: int) -> None:
+        docs = np.load(self.area.file("map", unit, "docs.npz"))
+        keys = docs["keys"]
+        lo, hi = keys[:1], keys[-1:]
+        fate = np.full(len(keys), TRAIN, np.uint8)
+        if len(keys):
+            valid = np.array([_is_valid(d.tobytes().hex(), self.s.valid_fraction, self.s.seed)
+                              for d in docs["digests"]], bool)
+            fate[valid] = VALID
+            contaminated = docs["contamination"] >= 0
+            fate[contaminated] = CONTAMINATED + docs["contamination"][contaminated]
+            fate[np.isin(keys, _within(self.near_duplicates, lo, hi))] = NEAR_DUPLICATE
+            for part in range(self.exact_parts):
+                dups = np.load(self.area.file("exact", part, "duplicates.npy"), mmap_mode="r")
+                fate[np.isin(keys, _within(dups, lo, hi))] = DUPLICATE
+        sample = np.array([_sample_hash(d.tobytes(), self.s.seed) for d in docs["digests"]], np.uint64)
+        np.savez(self.area.file("decide", unit, "fate.npz"), fate=fate, sample=sample)
+        self.area.finish("decide", unit, {"fate": np.bincount(fate, minlength=CONTAMINATED
+                                                              + len(self.eval_names)).tolist()})
+
+    def _stage_counts(self) -> dict[str, Any]:
+        counts = StageCounts()
+        skipped, no_text, filtered = Counter(), Counter(), Counter()
+        fate = np.zeros(CONTAMINATED + len(self.eval_names), np.int64)
+        n_read = 0
+        for c in self.chunks:
+            record = self.area.record("map", c.id)
+            n_read += record["read"]
+            skipped.update(record["skipped"])
+            no_text.update(record["no_text"])
+            filtered.update(record["filtered"])
+            fate += self.area.record("decide", c.id)["fate"]
+        counts.record("read", n_read + sum(skipped.values()), n_read, skipped)
+        extracted = n_read - sum(no_text.values())
+        counts.record("extract", n_read, extracted, no_text)
+        kept = extracted - sum(filtered.values())
+        counts.record("filter", extracted, kept, filtered)
+        unique = kept - fate[DUPLICATE]
+        counts.record("exact_dedup", kept, unique, Counter({"duplicate": int(fate[DUPLICATE])}))
+        distinct = unique - fate[NEAR_DUPLICATE]
+        counts.record("near_dedup", unique, distinct, Counter({"near_duplicate": int(fate[NEAR_DUPLICATE])}))
+        leaks = Counter({f"contaminated:{name}": int(fate[CONTAMINATED + i])
+                         for i, name in enumerate(self.eval_names)})
+        counts.record("decontaminate", distinct, int(fate[TRAIN] + fate[VALID]), leaks)
+        counts.stages["split"] = {"in": int(fate[TRAIN] + fate[VALID]), "train": int(fate[TRAIN]),
+                                  "valid": int(fate[VALID])}
+        log.info("%-12s %8d in %8d train %d valid", "split", *counts.stages["split"].values())
+        return counts.stages
+
+    # -- tokenizer ----------------------------------------------------------------------------
+
+    def make_tokenizer(self) -> None:
+        """The given tokenizer, or one trained on rank 0 on a sample of train documents."""
+        path = self.area.work / TOKENIZER_FILE
+        if not path.is_file() and self.s.tokenizer is None:
+            self.sample_threshold = self._sample_threshold()
+            self._run("sample", range(len(self.chunks)), self._sample_chunk)
+        error = None
+        if self.rank == 0 and not path.is_file():
+            try:
+                self._write_tokenizer(path)
+            except ValueError as err:
+                error = str(err)
+        settle(self.comm)  # rank 0 may train for minutes
+        error = self.comm.bcast(error, root=0)
+        if error:
+            raise ValueError(error)
+        self.tokenizer = Tokenizer.load(path)
+
+    def _write_tokenizer(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        if self.s.tokenizer is not None:
+            shutil.copyfile(self.s.tokenizer, tmp)
+        else:
+            texts = list(self._sample_texts())
+            log.info("training a %d-piece BPE tokenizer on %d documents", self.s.vocab_size, len(texts))
+            try:
+                Tokenizer.train(texts, tmp, self.s.vocab_size, seed=self.s.seed)
+            except RuntimeError as err:  # sentencepiece: "Vocabulary size too high (N) ..."
+                tmp.unlink(missing_ok=True)
+                raise ValueError(f"--vocab-size {self.s.vocab_size} cannot be trained on {len(texts)} "
+                                 f"documents ({err}); lower --vocab-size or give more text") from None
+        os.replace(tmp, path)
+
+    def _sample_threshold(self) -> int:
+        """The tokenizer_sample-th smallest sample hash of all train documents: found by bisection
+        over the ranks' own smallest hashes, so no rank holds more than tokenizer_sample of them."""
+        k = self.s.tokenizer_sample
+        smallest = np.empty(0, np.uint64)
+        for c in self.chunks[self.rank :: self.size]:
+            decided = np.load(self.area.file("decide", c.id, "fate.npz"))
+            smallest = np.sort(np.concatenate([smallest, decided["sample"][decided["fate"] == TRAIN]]))[:k]
+        low, high = 0, (1 << 64) - 1
+        if self.comm.allreduce(len(smallest)) <= k:
+            return high
+        while low < high:  # the least threshold that k hashes are at or below
+            middle = (low + high) // 2
+            if self.comm.allreduce(int(np.searchsorted(smallest, np.uint64(middle), side="right"))) >= k:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def _sample_chunk(self, unit: int) -> None:
+        decided = np.load(self.area.file("decide", unit, "fate.npz"))
+        chosen = (decided["fate"] == TRAIN) & (decided["sample"] <= np.uint64(self.sample_threshold))
+        with zstandard.open(self.area.file("sample", unit, "texts.zst"), "wt", encoding="utf-8") as out:
+            for text in (d["text"] for d, take in zip(self._texts(unit), chosen) if take):
+                out.write(json.dumps(text, ensure_ascii=False) + "\n")
+        self.area.finish("sample", unit, {"documents": int(chosen.sum())})
+
+    def _sample_texts(self) -> Iterator[str]:
+        for c in self.chunks:
+            with zstandard.open(self.area.file("sample", c.id, "texts.zst"), "rt", encoding="utf-8") as f:
+                yield from (json.loads(line) for line in f)
+
+    def _texts(self, unit: int) -> Iterator[dict[str, Any]]:
+        with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "rt", encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f)
+
+    # -- per chunk: tokenize and write shards -------------------------------------------------
+
+    def tokenize(self) -> None:
+        self._run("shards", range(len(self.chunks)), self._tokenize_chunk)
+
+    def _tokenize_chunk(self, unit: int) -> None:
+        docs = np.load(self.area.file("map", unit, "docs.npz"))
+        fate = np.load(self.area.file("decide", unit, "fate.npz"))["fate"]
+        tok, dtype = self.tokenizer, token_dtype(self.tokenizer.vocab_size)
+        pattern = f"corpus-{unit:06d}-{{:03d}}.tar"
+        cap = self.s.max_shard_tokens
+        with (ShardWriter(self.area.out, tok.vocab_size, cap, pattern) as train,
+              ShardWriter(self.area.out / "valid", tok.vocab_size, cap, pattern) as valid):
+            for doc, digest, side in zip(self._texts(unit), docs["digests"], fate):
+                if side not in (TRAIN, VALID):
+                    continue
+                tokens = np.array([*tok.encode(doc["text"]), tok.eos_id], dtype=dtype)
+                (train if side == TRAIN else valid).write(digest.tobytes().hex(), tokens,
+                                                          {"source": doc["source"], "url": doc["url"]})
+        self.area.finish("shards", unit, {"train": train.shards, "valid": valid.shards})
+
+    # -- manifest and publication -------------------------------------------------------------
+
+    def finish(self, output: Path) -> dict[str, Any]:
+        manifest = None
+        if self.rank == 0:
+            records = [self.area.record("shards", c.id) for c in self.chunks]
+            out = self.area.out
+            out.mkdir(exist_ok=True)
+            shutil.copyfile(self.area.work / TOKENIZER_FILE, out / TOKENIZER_FILE)
+            manifest = self._write_manifest(out, [s for r in records for s in r["train"]],
+                                            {"stages": self.counts, "settings": self.s.manifest()})
+            valid = [s for r in records for s in r["valid"]]
+            if valid:
+                shutil.copyfile(out / TOKENIZER_FILE, out / "valid" / TOKENIZER_FILE)
+                held_out = self._write_manifest(out / "valid", valid,
+                                                {"stages": {"split": "valid part of ../manifest.json"}})
+                manifest["valid"] = {"path": "valid", **{k: held_out[k] for k in ("documents", "tokens")}}
+                write_manifest(out, manifest)
+            _publish(out, output)
+            shutil.rmtree(self.area.root)
+        settle(self.comm)
+        return self.comm.bcast(manifest, root=0)
+
+    def _write_manifest(self, folder: Path, shards: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
+        tok = self.tokenizer
+        manifest = {
+            "format": FORMAT,
+            "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                          "eos_id": tok.eos_id},
+            "dtype": token_dtype(tok.vocab_size).name,
+            "documents": sum(s["documents"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "shards": shards,
+            **extra,
+        }
+        write_manifest(folder, manifest)
+        log.info("wrote %s: %d documents, %d tokens, %d shards, %s", folder / MANIFEST_NAME,
+                 manifest["documents"], manifest["tokens"], len(shards), manifest["dtype"])
+        return manifest
 
 
 class StageCounts:
@@ -84,154 +515,29 @@ class StageCounts:
         self.stages: dict[str, dict[str, Any]] = {}
 
     def record(self, name: str, n_in: int, n_out: int, dropped: Counter) -> None:
+        dropped = Counter({k: int(v) for k, v in dropped.items() if v})
         if n_in != n_out + sum(dropped.values()):
             raise AssertionError(f"stage {name}: {n_in} in != {n_out} out + {dict(dropped)} dropped")
-        self.stages[name] = {"in": n_in, "out": n_out, "dropped": dict(sorted(dropped.items()))}
+        self.stages[name] = {"in": int(n_in), "out": int(n_out), "dropped": dict(sorted(dropped.items()))}
         log.info("%-12s %8d in %8d out %s", name, n_in, n_out,
                  " ".join(f"{k}={v}" for k, v in sorted(dropped.items())))
 
-    def record_flags(self, name: str, items: list, flags: list[str | None]) -> list:
-        """Keep the items whose flag is None; count the others under their flag."""
-        kept = [item for item, flag in zip(items, flags) if flag is None]
-        self.record(name, len(items), len(kept), Counter(f for f in flags if f is not None))
-        return kept
+
+def _publish(new: Path, output: Path) -> None:
+    """Put the finished corpus at `output`; an earlier one there is removed only after the swap."""
+    old = output.with_name(f".{output.name}.replaced")
+    if output.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output, old)
+    os.replace(new, output)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def build(inputs: Sequence[str | Path], output: str | Path, *, tokenizer: str | Path | None = None,
-          vocab_size: int | None = None, valid_fraction: float = 0.05, min_chars: int = 200,
-          min_alpha: float = 0.6, blocked_domains: Sequence[str] = DEFAULT_BLOCKED_DOMAINS,
-          near_threshold: float = 0.8, num_perm: int = 128, shingle: int = 5,
-          decontaminate: Mapping[str, str | Path] | None = None, decontaminate_threshold: float = 0.01,
-          tokenizer_sample: int = 100_000, seed: int = 0, force: bool = False,
-          max_shard_tokens: int = 50_000_000, workers: int | None = None, comm: Any = None
-          ) -> dict[str, Any]:
-    """Build the corpus in `output` (and `output/valid`) and return its manifest (on every rank)."""
-    comm = comm or world()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if (tokenizer is None) == (vocab_size is None):
-        raise ValueError("give exactly one of --tokenizer MODEL or --train-tokenizer --vocab-size N")
-    if not 0 <= valid_fraction < 1:
-        raise ValueError(f"--valid-fraction {valid_fraction} must be in [0, 1)")
-    output = Path(output)
-    _prepare_output(output, force, comm)
-    files = list_inputs(inputs)
-    filters = FilterConfig(min_chars, min_alpha, tuple(blocked_domains))
-    hasher = MinHasher(num_perm, shingle, seed=seed + 1)
-    decontaminator = Decontaminator(decontaminate or {}, decontaminate_threshold)
-
-    # every rank reads the (cheap) raw stream and keeps documents i with i mod size == rank
-    skipped: Counter = Counter()
-    raw = [r for i, r in enumerate(tqdm(read_documents(files, skipped), desc="read", unit="doc",
-                                        leave=False, disable=rank != 0)) if i % size == rank]
-    n_read = comm.allreduce(len(raw))
-    if workers is None:
-        workers = 1 if size > 1 else len(os.sched_getaffinity(0))
-    indices = [rank + size * i for i in range(len(raw))]
-    docs = _extract_all(raw, indices, workers, rank)
-
-    # per-document work, spread over the ranks: reason to drop, or what the global decisions need
-    early: list[tuple[int, str, str]] = []  # (index, stage, reason)
-    survivors: list[Survivor] = []
-    kept: dict[int, Document] = {}
-    for doc in tqdm(docs, desc="clean+filter+sign", unit="doc", leave=False, disable=rank != 0):
-        if not doc.text.strip():
-            early.append((doc.index, "extract", "no_main_text"))
-            continue
-        doc.text = clean_text(doc.text)
-        reason = reject_reason(doc.text, doc.url, filters)
-        if reason is not None:
-            early.append((doc.index, "filter", reason))
-            continue
-        kept[doc.index] = doc
-        survivors.append(Survivor(doc.index, doc.digest, hasher.signature(doc.text),
-                                  decontaminator.reject_reason(doc.text)))
-
-    # rank 0 decides, in document order, what stays and in which split; everyone learns it
-    settle(comm)
-    gathered = comm.gather((early, survivors), root=0)
-    plan = _decide(gathered, n_read, skipped, valid_fraction, seed, near_threshold,
-                   tokenizer_sample) if rank == 0 else None
-    plan = comm.bcast(plan, root=0)
-    if not plan["train"]:
-        raise ValueError(f"no documents left for training from {', '.join(map(str, inputs))}; "
-                         f"see the counts above (lower --min-chars {min_chars}?)")
-
-    tok = _tokenizer(output, tokenizer, vocab_size, kept, plan, seed, comm)
-    mine = {i: s for i, s in plan["split_of"].items() if i in kept}
-    tokenized = []
-    for i in tqdm(sorted(mine), desc="tokenize", unit="doc", leave=False, disable=rank != 0):
-        doc = kept[i]
-        tokens = np.array([*tok.encode(doc.text), tok.eos_id], dtype=token_dtype(tok.vocab_size))
-        tokenized.append((i, mine[i], doc.digest, tokens, {"source": doc.source, "url": doc.url}))
-    settle(comm)
-    everything = comm.gather(tokenized, root=0)
-    manifest = None
-    if rank == 0:
-        ordered = sorted((t for part in everything for t in part), key=lambda t: t[0])
-        manifest = _write_splits(output, ordered, tok, max_shard_tokens, plan["stages"], {
-            "min_chars": min_chars, "min_alpha": min_alpha, "blocked_domains": list(blocked_domains),
-            "near_threshold": near_threshold, "num_perm": num_perm, "shingle": shingle,
-            "decontaminate": {k: str(v) for k, v in (decontaminate or {}).items()},
-            "decontaminate_threshold": decontaminate_threshold, "valid_fraction": valid_fraction,
-            "seed": seed})
-    settle(comm)
-    return comm.bcast(manifest, root=0)
-
-
-def _prepare_output(output: Path, force: bool, comm: Any) -> None:
-    if output.exists() and any(output.iterdir()) and not force:  # every rank sees the same folder
-        raise FileExistsError(f"--output {output} is not empty; pass --force to replace it")
-    comm.Barrier()
-    if comm.Get_rank() == 0:
-        if output.exists():
-            shutil.rmtree(output)
-        output.mkdir(parents=True)
-    comm.Barrier()
-
-
-def _extract_one(item: tuple[int, RawDocument]) -> Document:
-    index, raw = item
+def _extract(raw: RawDocument) -> tuple[str, str | None]:
     if not raw.is_html:
-        return Document(index, raw.content, raw.source, raw.url)
+        return raw.content, raw.url
     page = extract_html(raw.content, raw.url)
-    return Document(index, page.text, raw.source, page.url)
-
-
-def _extract_all(raw: list[RawDocument], indices: list[int], workers: int, rank: int) -> list[Document]:
-    progress = dict(desc="extract", unit="doc", total=len(raw), leave=False, disable=rank != 0)
-    items = list(zip(indices, raw))
-    if workers <= 1 or sum(r.is_html for r in raw) < 8:
-        return [_extract_one(item) for item in tqdm(items, **progress)]
-    # fork shares the already-imported trafilatura; imap keeps input order, so output is deterministic
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(_extract_one, items, chunksize=4), **progress))
-
-
-def _decide(gathered: list, n_read: int, skipped: Counter, valid_fraction: float, seed: int,
-            near_threshold: float, tokenizer_sample: int) -> dict[str, Any]:
-    """The corpus-wide decisions and stage counts, from every rank's per-document results."""
-    early = sorted(e for part, _ in gathered for e in part)
-    survivors = sorted((s for _, part in gathered for s in part), key=lambda s: s.index)
-    counts = StageCounts()
-    counts.record("read", n_read + sum(skipped.values()), n_read, skipped)
-    no_text = Counter(reason for _, stage, reason in early if stage == "extract")
-    counts.record("extract", n_read, n_read - sum(no_text.values()), no_text)
-    filtered = Counter(reason for _, stage, reason in early if stage == "filter")
-    counts.record("filter", n_read - sum(no_text.values()), len(survivors), filtered)
-
-    dup = exact_duplicates([s.digest for s in survivors])
-    unique = counts.record_flags("exact_dedup", survivors, ["duplicate" if d else None for d in dup])
-    near = near_duplicates([s.signature for s in unique], near_threshold)
-    distinct = counts.record_flags("near_dedup", unique, ["near_duplicate" if d else None for d in near])
-    clean = counts.record_flags("decontaminate", distinct, [s.contamination for s in distinct])
-
-    valid = [s.index for s in clean if _is_valid(s.digest, valid_fraction, seed)]
-    train = [s.index for s in clean if not _is_valid(s.digest, valid_fraction, seed)]
-    counts.stages["split"] = {"in": len(clean), "train": len(train), "valid": len(valid)}
-    log.info("%-12s %8d in %8d train %d valid", "split", len(clean), len(train), len(valid))
-    step = max(1, math.ceil(len(train) / tokenizer_sample))
-    return {"stages": counts.stages, "train": train, "tokenizer_sample": train[::step],
-            "split_of": {**{i: "train" for i in train}, **{i: "valid" for i in valid}}}
+    return page.text, page.url
 
 
 def _is_valid(digest: str, valid_fraction: float, seed: int) -> bool:
@@ -240,60 +546,15 @@ def _is_valid(digest: str, valid_fraction: float, seed: int) -> bool:
     return int.from_bytes(h) / 2**64 < valid_fraction
 
 
-def _tokenizer(output: Path, given: str | Path | None, vocab_size: int | None, kept: dict[int, Document],
-               plan: dict[str, Any], seed: int, comm: Any) -> Tokenizer:
-    """The given tokenizer, or one trained on rank 0 on the sample of train documents from all ranks."""
-    tok_path = output / TOKENIZER_FILE
-    if comm.Get_rank() == 0:
-        if given is None:
-            sample = set(plan["tokenizer_sample"])
-            parts = comm.gather([(i, kept[i].text) for i in sorted(sample & kept.keys())], root=0)
-            texts = [t for _, t in sorted(p for part in parts for p in part)]
-            log.info("training a %d-piece BPE tokenizer on %d documents", vocab_size, len(texts))
-            Tokenizer.train(texts, tok_path, vocab_size, seed=seed)
-        else:
-            shutil.copyfile(given, tok_path)
-    elif given is None:
-        sample = set(plan["tokenizer_sample"])
-        comm.gather([(i, kept[i].text) for i in sorted(sample & kept.keys())], root=0)
-    settle(comm)  # rank 0 may train for minutes
-    return Tokenizer.load(tok_path)
+def _sample_hash(digest: bytes, seed: int) -> int:
+    """Orders train documents for the tokenizer sample: the sample is the smallest ones."""
+    return int.from_bytes(hashlib.blake2b(digest, digest_size=8, key=f"sample{seed}".encode()).digest())
 
 
-def _write_splits(output: Path, ordered: list[tuple], tok: Tokenizer, max_shard_tokens: int,
-                  stages: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    train = [t for t in ordered if t[1] == "train"]
-    valid = [t for t in ordered if t[1] == "valid"]
-    manifest = _write_split(output, train, tok, max_shard_tokens, {"stages": stages, "settings": settings})
-    if valid:
-        (output / "valid").mkdir()
-        shutil.copyfile(output / TOKENIZER_FILE, output / "valid" / TOKENIZER_FILE)
-        held_out = _write_split(output / "valid", valid, tok, max_shard_tokens,
-                                {"stages": {"split": "valid part of ../manifest.json"}})
-        manifest["valid"] = {"path": "valid", **{k: held_out[k] for k in ("documents", "tokens")}}
-        write_manifest(output, manifest)
-    return manifest
-
-
-def _write_split(folder: Path, docs: list[tuple], tok: Tokenizer, max_shard_tokens: int,
-                 extra: dict[str, Any]) -> dict[str, Any]:
-    with ShardWriter(folder, tok.vocab_size, max_shard_tokens) as writer:
-        for _, _, digest, tokens, meta in tqdm(docs, desc=f"shards {folder.name}", unit="doc", leave=False):
-            writer.write(digest, tokens, meta)
-    manifest = {
-        "format": FORMAT,
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-                      "eos_id": tok.eos_id},
-        "dtype": token_dtype(tok.vocab_size).name,
-        "documents": len(docs),
-        "tokens": sum(s["tokens"] for s in writer.shards),
-        "shards": writer.shards,
-        **extra,
-    }
-    write_manifest(folder, manifest)
-    log.info("wrote %s: %d documents, %d tokens, %d shards, %s", folder / MANIFEST_NAME,
-             len(docs), manifest["tokens"], len(writer.shards), manifest["dtype"])
-    return manifest
+def _within(sorted_keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The part of a sorted key array between lo[0] and hi[0] (a chunk's key range)."""
+    start, stop = np.searchsorted(sorted_keys, lo[0]), np.searchsorted(sorted_keys, hi[0], side="right")
+    return np.asarray(sorted_keys[start:stop])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,9 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="drop when more than this share of a document's 8-grams is in an eval set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-shard-tokens", type=int, default=50_000_000)
+    parser.add_argument("--chunk-mb", type=float, default=None,
+                        help="MiB of input a unit of work (default: input / 256, within 1-64)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="extraction processes a rank (default: all cores; 1 under MPI)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --output")
+                        help="processes a rank (default: all cores; 1 under MPI)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a non-empty --output (only once the new corpus is complete)")
     args = parser.parse_args(argv)
     comm = world()
     logging.basicConfig(level=logging.INFO if comm.Get_rank() == 0 else logging.WARNING,
@@ -340,8 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               decontaminate=parse_named(args.decontaminate, "--decontaminate"),
               decontaminate_threshold=args.decontaminate_threshold,
               tokenizer_sample=args.tokenizer_sample, seed=args.seed, force=args.force,
-              max_shard_tokens=args.max_shard_tokens, workers=args.workers, comm=comm)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+              max_shard_tokens=args.max_shard_tokens, chunk_mb=args.chunk_mb, workers=args.workers,
+              comm=comm)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"pipelines.build: error: {err}", file=sys.stderr)
         if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
             comm.Abort(2)  # the other ranks may be waiting in a collective: end them all

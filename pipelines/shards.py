@@ -36,9 +36,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class ShardWriter:
     """Writes documents into size-capped webdataset tars; `shards` lists what was written."""
 
-    def __init__(self, out_dir: str | Path, vocab_size: int, max_shard_tokens: int = 50_000_000):
+    def __init__(self, out_dir: str | Path, vocab_size: int, max_shard_tokens: int = 50_000_000,
+                 pattern: str = SHARD_PATTERN):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.pattern = pattern  # file names: pattern.format(shard number); the folder is made at the first
         self.dtype = token_dtype(vocab_size)
         self.max_shard_tokens = max_shard_tokens
         self.shards: list[dict[str, Any]] = []
@@ -67,7 +68,8 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         self.close()
-        name = SHARD_PATTERN.format(len(self.shards))
+        name = self.pattern.format(len(self.shards))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         # webdataset's TarWriter stamps the current time; a fixed mtime keeps builds byte-identical
         self._sink = wds.TarWriter(str(self.out_dir / name), mtime=0)
         self.shards.append({"name": name, "documents": 0, "tokens": 0})

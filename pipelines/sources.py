@@ -9,11 +9,14 @@ skipped and counted under its reason, never dropped silently.
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -21,15 +24,72 @@ HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 SUFFIXES = HTML_SUFFIXES + TEXT_SUFFIXES + JSONL_SUFFIXES
+log = logging.getLogger("pipelines.sources")
+
+
+KEY_FILE_SHIFT = 40  # a document's key: file index << 40 | byte offset (files up to 1 TiB)
+MAX_FILES = 1 << (64 - KEY_FILE_SHIFT)
 
 
 @dataclass
 class RawDocument:
-    key: str  # stable and unique within a build: file path, plus the line number for jsonl
+    key: int  # place in the global order: (sorted file index << 40) | offset of its line in the file
     source: str  # the input file it came from
     content: str | bytes  # bytes for HTML (the extractor finds its encoding), text otherwise
     is_html: bool
     url: str | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [start, end) of input file `file`: a whole file, or a slice of a plain .jsonl file
+    (a slice holds the lines that start inside it)."""
+
+    file: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The unit of work of a build: consecutive pieces of about `chunk_bytes` of input.
+
+    Chunks cover the documents in key order, so the documents of chunk i all come before those of
+    chunk i + 1. How the input is cut into chunks changes no decision of the build (documents are
+    ordered by key, not by chunk), only the shard boundaries.
+    """
+
+    id: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def first_key(self) -> int:
+        return self.pieces[0].file << KEY_FILE_SHIFT | self.pieces[0].start
+
+
+def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[Chunk]:
+    """Cut the input into chunks of about `chunk_bytes` (compressed files are never split)."""
+    if len(files) >= MAX_FILES:
+        raise ValueError(f"{len(files)} input files: at most {MAX_FILES - 1} are supported; merge some")
+    chunks: list[Chunk] = []
+    pieces: list[Piece] = []
+    filled = 0
+    for index, path in enumerate(files):
+        size = path.stat().st_size
+        splittable = path.name.endswith(".jsonl")
+        start = 0
+        while True:
+            take = size - start if not splittable else min(size - start, max(1, chunk_bytes - filled))
+            pieces.append(Piece(index, start, start + take))
+            filled, start = filled + take, start + take
+            if filled >= chunk_bytes:
+                chunks.append(Chunk(len(chunks), tuple(pieces)))
+                pieces, filled = [], 0
+            if start >= size:
+                break
+    if pieces:
+        chunks.append(Chunk(len(chunks), tuple(pieces)))
+    return chunks
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -53,35 +113,76 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocument]:
     """Every document of `files`; unreadable ones are counted in `skipped` by reason."""
-    for path in files:
-        try:
-            data = read_bytes(path)
-        except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError):
+    for index, path in enumerate(files):
+        yield from read_piece(path, Piece(index, 0, path.stat().st_size), skipped)
+
+
+def read_chunk(files: Sequence[Path], chunk: Chunk, skipped: Counter) -> Iterator[RawDocument]:
+    for piece in chunk.pieces:
+        yield from read_piece(files[piece.file], piece, skipped)
+
+
+def read_piece(path: Path, piece: Piece, skipped: Counter) -> Iterator[RawDocument]:
+    """The documents of one piece of `path`; a file that cannot be read is counted (once, by the
+    piece that starts it) and named in the log."""
+    key = piece.file << KEY_FILE_SHIFT
+    try:
+        if path.name.endswith(JSONL_SUFFIXES):
+            yield from _jsonl_documents(path, piece, skipped)
+            return
+        data = read_bytes(path)
+    except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as err:
+        if piece.start == 0:
+            log.warning("skipping unreadable input %s (%s)", path, err)
             skipped["unreadable_file"] += 1
-            continue
-        if path.name.endswith(HTML_SUFFIXES):
-            yield RawDocument(str(path), str(path), data, is_html=True)
-        elif path.name.endswith(TEXT_SUFFIXES):
-            try:
-                yield RawDocument(str(path), str(path), data.decode("utf-8"), is_html=False)
-            except UnicodeDecodeError:  # not UTF-8: counted, not guessed at
-                skipped["bad_utf8"] += 1
-        else:
-            yield from _jsonl_documents(path, data, skipped)
+        return
+    if path.name.endswith(HTML_SUFFIXES):
+        yield RawDocument(key, str(path), data, is_html=True)
+        return
+    try:
+        yield RawDocument(key, str(path), data.decode("utf-8"), is_html=False)
+    except UnicodeDecodeError:  # not UTF-8: counted, not guessed at
+        log.warning("skipping %s: not UTF-8", path)
+        skipped["bad_utf8"] += 1
 
 
 def read_bytes(path: Path) -> bytes:
     """A file's bytes, decompressed when it ends in .gz or .zst."""
+    with open_binary(path) as f:
+        return f.read()
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """A file opened for reading as a stream, decompressed when it ends in .gz or .zst."""
     if path.suffix == ".gz":
-        return gzip.decompress(path.read_bytes())
+        return gzip.open(path, "rb")
     if path.suffix == ".zst":
-        with path.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
-            return reader.read()
-    return path.read_bytes()
+        return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
+    return path.open("rb")
 
 
-def _jsonl_documents(path: Path, data: bytes, skipped: Counter) -> Iterator[RawDocument]:
-    for number, line in enumerate(data.splitlines(), 1):
+def _jsonl_lines(path: Path, piece: Piece) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the lines of `path` that start inside the piece; a compressed file is
+    read whole, from the start of its decompressed stream."""
+    with open_binary(path) as f:
+        if path.suffix in (".gz", ".zst"):
+            offset, end = 0, float("inf")
+        else:
+            offset, end = piece.start, piece.end
+            if offset > 0:  # the line running into the piece belongs to the piece before
+                f.seek(offset - 1)
+                offset += len(f.readline()) - 1
+        reader = io.BufferedReader(f, 1 << 20) if not isinstance(f, io.BufferedReader) else f
+        while offset < end:
+            line = reader.readline()
+            if not line:
+                return
+            yield offset, line
+            offset += len(line)
+
+
+def _jsonl_documents(path: Path, piece: Piece, skipped: Counter) -> Iterator[RawDocument]:
+    for offset, line in _jsonl_lines(path, piece):
         if not line.strip():
             continue
         try:
@@ -94,5 +195,5 @@ def _jsonl_documents(path: Path, data: bytes, skipped: Counter) -> Iterator[RawD
             skipped["no_text_field"] += 1
             continue
         url = record.get("url")
-        yield RawDocument(f"{path}:{number}", str(path), text, is_html=False,
+        yield RawDocument(piece.file << KEY_FILE_SHIFT | offset, str(path), text, is_html=False,
                           url=url if isinstance(url, str) else None)

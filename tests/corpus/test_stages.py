@@ -3,11 +3,23 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import zstandard
 
 from pipelines.build import build, main
-from pipelines.dedup import exact_duplicates, lsh_bands, near_duplicates
+from pipelines.dedup import (
+    band_records,
+    candidate_pairs,
+    digest_records,
+    exact_duplicate_keys,
+    lsh_bands,
+    near_duplicate_keys,
+    partition_rows,
+    range_bounds,
+    text_digest,
+    verified_edges,
+)
 from pipelines.filters import FilterConfig, blocked_domain, reject_reason
 from pipelines.minhash import MinHasher, jaccard_estimate
 from pipelines.ngrams import ngram_strings
@@ -44,12 +56,37 @@ def test_planted_duplicates_go_and_distinct_pages_stay(articles):
         a, b = (set(ngram_strings(t, 5)) for t in (original, copy))
         assert len(a & b) / len(a | b) > 0.88  # really near: the test is about finding them
     docs = base + half + exact + near
-    hasher = MinHasher()
-    dup = exact_duplicates([" ".join(t.lower().split()) for t in docs])
-    assert [i for i, d in enumerate(dup) if d] == list(range(65, 70))
-    kept = [t for t, d in zip(docs, dup) if not d]
-    nd = near_duplicates([hasher.signature(t) for t in kept])
-    assert [kept[i] for i, d in enumerate(nd) if d] == near  # every near copy, nothing else
+    keys = np.arange(len(docs), dtype=np.uint64)
+    digests = np.frombuffer(b"".join(map(text_digest, docs)), np.uint8).reshape(-1, 16)
+    duplicates = exact_duplicate_keys(digest_records(keys, digests))
+    assert duplicates.tolist() == list(range(65, 70))
+    signatures = np.stack([MinHasher().signature(t) for t in docs])
+    edges = verified_edges(candidate_pairs(band_records(keys, signatures, 0.8)), signatures.__getitem__, 0.8)
+    near_keys = sorted(set(near_duplicate_keys(edges).tolist()) - set(duplicates.tolist()))
+    assert [docs[k] for k in near_keys] == near  # every near copy, nothing else
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_decisions_by_hash_range_equal_the_whole(articles, parts):
+    """Deciding each hash range alone (as the ranks of a build do) finds what one pass over all finds."""
+    docs = articles[:40] + [" ".join(t.upper().split()) for t in articles[:8]]
+    docs += [near_copy(t) for t in articles[8:20]]
+    rng = np.random.default_rng(0)
+    keys = rng.permutation(len(docs)).astype(np.uint64)  # keys need not follow the list order
+    digests = np.frombuffer(b"".join(map(text_digest, docs)), np.uint8).reshape(-1, 16)
+    signatures = np.stack([MinHasher().signature(t) for t in docs])
+    by_key = dict(zip(keys.tolist(), signatures))
+    exact, bands = digest_records(keys, digests), band_records(keys, signatures, 0.8)
+    whole_exact = exact_duplicate_keys(exact)
+    whole_edges = verified_edges(candidate_pairs(bands), by_key.__getitem__, 0.8)
+    exact_bounds, band_bounds = range_bounds(exact["d0"]), range_bounds(bands["h"])
+    ranges = [(partition_rows(exact_bounds, p, parts), partition_rows(band_bounds, p, parts)) for p in range(parts)]
+    split_exact = np.concatenate([exact_duplicate_keys(exact[rows]) for rows, _ in ranges])
+    split_edges = np.concatenate([verified_edges(candidate_pairs(bands[rows]), by_key.__getitem__, 0.8)
+                                  for _, rows in ranges])
+    assert len(whole_exact) == 8 and sorted(split_exact.tolist()) == whole_exact.tolist()
+    assert near_duplicate_keys(split_edges).tolist() == near_duplicate_keys(whole_edges).tolist()
+    assert len(set(near_duplicate_keys(whole_edges).tolist()) - set(whole_exact.tolist())) >= 10
 
 
 def test_filters_give_reasons():
