@@ -80,7 +80,8 @@ def test_decisions_by_hash_range_equal_the_whole(articles, parts):
     whole_exact = exact_duplicate_keys(exact)
     whole_edges = verified_edges(candidate_pairs(bands), by_key.__getitem__, 0.8)
     exact_bounds, band_bounds = range_bounds(exact["d0"]), range_bounds(bands["h"])
-    ranges = [(partition_rows(exact_bounds, p, parts), partition_rows(band_bounds, p, parts)) for p in range(parts)]
+    ranges = [(partition_rows(exact_bounds, p, parts), partition_rows(band_bounds, p, parts))
+              for p in range(parts)]
     split_exact = np.concatenate([exact_duplicate_keys(exact[rows]) for rows, _ in ranges])
     split_edges = np.concatenate([verified_edges(candidate_pairs(bands[rows]), by_key.__getitem__, 0.8)
                                   for _, rows in ranges])
