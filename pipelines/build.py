@@ -72,6 +72,17 @@ RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of 
 TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
 
 
+# the steps of a build in order: their work folders, and what their results depend on
+STEPS = [
+    (("map", "exact", "near"), {"inputs", "chunk_mb", "min_chars", "min_alpha", "blocked_domains",
+                                "near_threshold", "num_perm", "shingle", "seed", "decontaminate",
+                                "decontaminate_threshold"}),
+    (("decide",), {"valid_fraction"}),
+    (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
+    (("shards", "out"), {"max_shard_tokens"}),
+]
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """Everything that decides a build's output; written to the manifest, checked on resume."""
@@ -163,7 +174,7 @@ def _check_output(output: Path, inputs: Sequence[str | Path], force: bool) -> No
         raise FileExistsError(f"--output {output} is not empty; pass --force to replace it "
                               "(the old corpus is replaced only once the new one is complete)")
     parent = next(p for p in target.parents if p.exists())
-    if not os.access(parent, os.W_OK):
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise PermissionError(f"--output {output}: cannot write in {parent}; choose a writable folder")
 
 
@@ -182,7 +193,8 @@ class _Build:
     # -- plan ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Plan the chunks (rank 0), or check that the work area holds this same build."""
+        """Plan the chunks (rank 0); in a work area left by an earlier attempt, keep the finished
+        steps whose inputs and settings are unchanged and redo the rest."""
         plan = None
         if self.rank == 0:
             total = sum(p.stat().st_size for p in self.files)
@@ -190,25 +202,34 @@ class _Build:
             plan = {"settings": self.s.manifest() | {"tokenizer": self.s.tokenizer},
                     "inputs": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files],
                     "chunks": [[[p.file, p.start, p.end] for p in c.pieces] for c in chunks]}
-            self.area.work.mkdir(parents=True, exist_ok=True)
-            plan_file = self.area.work / "plan.json"
-            if plan_file.is_file():
-                earlier = json.loads(plan_file.read_text())
-                if earlier != json.loads(json.dumps(plan)):
-                    plan = {"error": f"{self.area.root} holds an unfinished build of other inputs or "
-                                     f"settings; delete it (rm -r {self.area.root}) to start over"}
-                else:
-                    log.info("continuing the build in %s", self.area.root)
-            else:
-                save_json(plan_file, plan)
-            if "error" not in plan:
-                log.info("%d input files, %.1f MB, in %d chunks", len(self.files), total / 1e6, len(chunks))
+            plan = json.loads(json.dumps(plan))  # as it reads back from the file
+            self._keep_unchanged_steps(plan)
+            save_json(self.area.work / "plan.json", plan)
+            log.info("%d input files, %.1f MB, in %d chunks", len(self.files), total / 1e6, len(chunks))
         plan = self.comm.bcast(plan, root=0)
-        if "error" in plan:
-            raise ValueError(plan["error"])
         self.chunks = [Chunk(i, tuple(Piece(*p) for p in c)) for i, c in enumerate(plan["chunks"])]
         self.first_keys = np.array([c.first_key for c in self.chunks], np.uint64)
         self.area.start_attempt(self.comm)
+
+    def _keep_unchanged_steps(self, plan: dict[str, Any]) -> None:
+        plan_file = self.area.work / "plan.json"
+        if not plan_file.is_file():
+            self.area.work.mkdir(parents=True, exist_ok=True)
+            return
+        earlier = json.loads(plan_file.read_text())
+        changed = {k for k in plan["settings"] if plan["settings"][k] != earlier["settings"].get(k)}
+        if plan["inputs"] != earlier["inputs"] or plan["chunks"] != earlier["chunks"]:
+            changed.add("inputs")
+        redo = next((i for i, (_, keys) in enumerate(STEPS) if changed & keys), None)
+        if redo is None:
+            log.info("continuing the build in %s", self.area.root)
+            return
+        log.info("continuing the build in %s: redoing from its %s step (changed: %s)", self.area.root,
+                 STEPS[redo][0][0], ", ".join(sorted(changed)))
+        for folders, _ in STEPS[redo:]:
+            for name in folders:
+                path = self.area.root / name if name == "out" else self.area.work / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
     def _run(self, stage: str, units: Sequence[int], task) -> None:
         run_units(self.area, self.comm, stage, units, task, self.workers)

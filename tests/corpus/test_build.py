@@ -113,19 +113,31 @@ def test_cli_refuses_what_it_cannot_do(raw, corpus, tmp_path, capsys):
     assert "no documents left for training" in capsys.readouterr().err
 
 
+def documents(folder: Path) -> list[tuple[str, list[int]]]:
+    """(key, tokens) of every document of a shard folder and its valid/ part, in shard order."""
+    found = []
+    for part in (folder, folder / "valid"):
+        for shard in read_manifest(part)["shards"]:
+            found += [(key, tokens.tolist()) for key, tokens, _ in read_shard(part / shard["name"])]
+    return found
+
+
 @pytest.mark.slow
 def test_mpi_ranks_write_the_same_corpus(raw, corpus, tmp_path):
-    """mpiexec -n 1 and -n 2 write byte-identical shards, tokenizer and manifests, as in-process does."""
+    """mpiexec -n 1, 2 and 3 write byte-identical shards, tokenizer and manifests; cut into other
+    chunks, the corpus holds the same documents, tokens and split (only shard boundaries move)."""
     args = ["--input", str(raw), "--train-tokenizer", "--vocab-size", "600", "--valid-fraction", "0.25",
-            "--max-shard-tokens", "4000"]
-    for ranks in (1, 2):
+            "--max-shard-tokens", "4000", "--chunk-mb", "0.05"]
+    for ranks in (1, 2, 3):
         run_mpi(ranks, "pipelines.build", *args, "--output", str(tmp_path / f"n{ranks}"))
     files = sorted(p.relative_to(tmp_path / "n1") for p in (tmp_path / "n1").rglob("*") if p.is_file())
-    assert len(files) > 6 and files == sorted(
-        p.relative_to(tmp_path / "n2") for p in (tmp_path / "n2").rglob("*") if p.is_file())
-    for name in files:
-        assert (tmp_path / "n1" / name).read_bytes() == (tmp_path / "n2" / name).read_bytes(), name
+    assert len(files) > 12
+    for ranks in (2, 3):
+        assert files == sorted(p.relative_to(tmp_path / f"n{ranks}")
+                               for p in (tmp_path / f"n{ranks}").rglob("*") if p.is_file())
+        for name in files:
+            assert (tmp_path / "n1" / name).read_bytes() == (tmp_path / f"n{ranks}" / name).read_bytes(), name
     out, manifest = corpus
-    assert read_manifest(tmp_path / "n2") == manifest
-    for shard in manifest["shards"]:
-        assert (tmp_path / "n2" / shard["name"]).read_bytes() == (out / shard["name"]).read_bytes()
+    assert read_manifest(tmp_path / "n3")["stages"] == manifest["stages"]
+    assert (tmp_path / "n3" / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
+    assert documents(tmp_path / "n3") == documents(out)
