@@ -9,11 +9,14 @@ subdomains (`wikipedia.org` blocks `en.wikipedia.org`, `de.m.wikipedia.org`, ...
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 DEFAULT_BLOCKED_DOMAINS = ("wikipedia.org",)
+_SPACE = re.compile(r"\s")
+_NOT_LETTER = re.compile(r"[\W\d_]")  # what str.isalpha() is not (letters are \w minus digits and _)
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,9 @@ def blocked_domain(url: str | None, blocked: Sequence[str]) -> str | None:
 def reject_reason(text: str, url: str | None, config: FilterConfig) -> str | None:
     if len(text) < config.min_chars:
         return "too_short"
-    visible = [c for c in text if not c.isspace()]
-    if sum(c.isalpha() for c in visible) < config.min_alpha * len(visible):
+    visible = len(text) - len(_SPACE.findall(text))
+    letters = len(text) - len(_NOT_LETTER.findall(text))  # regex counts in C: 10x a Python loop
+    if letters < config.min_alpha * visible:
         return "not_mostly_text"
     domain = blocked_domain(url, config.blocked_domains)
     if domain is not None:

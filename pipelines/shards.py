@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 SHARD_PATTERN = "corpus-{:06d}.tar"
 MANIFEST_NAME = "manifest.json"
@@ -43,7 +42,7 @@ class ShardWriter:
         self.dtype = token_dtype(vocab_size)
         self.max_shard_tokens = max_shard_tokens
         self.shards: list[dict[str, Any]] = []
-        self._sink: wds.TarWriter | None = None
+        self._sink: tarfile.TarFile | None = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -56,8 +55,12 @@ class ShardWriter:
             self._open_next()
         buf = io.BytesIO()
         np.save(buf, np.asarray(tokens, dtype=self.dtype), allow_pickle=False)
-        self._sink.write({"__key__": key, "tokens.npy": buf.getvalue(),
-                          "meta.json": json.dumps(meta, ensure_ascii=False).encode()})
+        meta_json = json.dumps(meta, ensure_ascii=False).encode()
+        for field, data in (("tokens.npy", buf.getvalue()), ("meta.json", meta_json)):
+            # a webdataset sample: the files KEY.FIELD; mtime 0 keeps builds byte-identical
+            info = tarfile.TarInfo(f"{key}.{field}")
+            info.size, info.mode = len(data), 0o444
+            self._sink.addfile(info, io.BytesIO(data))
         self.shards[-1]["documents"] += 1
         self.shards[-1]["tokens"] += len(tokens)
 
@@ -70,8 +73,7 @@ class ShardWriter:
         self.close()
         name = self.pattern.format(len(self.shards))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # webdataset's TarWriter stamps the current time; a fixed mtime keeps builds byte-identical
-        self._sink = wds.TarWriter(str(self.out_dir / name), mtime=0)
+        self._sink = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)
         self.shards.append({"name": name, "documents": 0, "tokens": 0})
 
 

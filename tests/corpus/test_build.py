@@ -1,6 +1,7 @@
 """The corpus build end to end on real pages: counts reconcile, output is deterministic and decodes back."""
 
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -141,3 +142,17 @@ def test_mpi_ranks_write_the_same_corpus(raw, corpus, tmp_path):
     assert read_manifest(tmp_path / "n3")["stages"] == manifest["stages"]
     assert (tmp_path / "n3" / "tokenizer.model").read_bytes() == (out / "tokenizer.model").read_bytes()
     assert documents(tmp_path / "n3") == documents(out)
+
+
+def test_shards_are_webdataset_shards(corpus):
+    """webdataset's own reader reads the shards: a sample a document, its tokens and meta as files."""
+    import webdataset as wds
+
+    out, manifest = corpus
+    urls = [str(out / s["name"]) for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+    assert len(samples) == manifest["documents"]
+    assert [k for k, _, _ in (t for s in manifest["shards"] for t in read_shard(out / s["name"]))] == [
+        s["__key__"] for s in samples]
+    assert all(np.load(io.BytesIO(s["tokens.npy"])).dtype == np.uint16 and b"source" in s["meta.json"]
+               for s in samples)

@@ -2,9 +2,12 @@
 
 import gzip
 import json
+import random
 from pathlib import Path
 
-from pipelines.clean import clean_text
+import ftfy
+
+from pipelines.clean import clean_text, fix_unicode
 from pipelines.extract import extract_html, word_scores
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data/sample"
@@ -30,3 +33,14 @@ def test_page_without_main_text_gives_empty_text():
 def test_clean_repairs_mojibake_and_whitespace_but_keeps_paragraphs():
     broken = "The cafÃ© said â€œhelloâ€\x9d.  \r\n\r\n\r\n\r\nSecond\x07 paragraph.   \n"
     assert clean_text(broken) == "The café said \"hello\".\n\nSecond paragraph."  # ftfy also uncurls quotes
+
+
+def test_fix_unicode_equals_ftfy_on_real_and_broken_text(articles, lambada, wikitext):
+    """Skipping plain-ASCII lines changes nothing: the same text as ftfy.fix_text, line for line."""
+    broken = ["cafÃ© &amp; bar\r\nnext", "<b>x</b>\n&amp; here\n", "&lt;tag&gt;\nline2 &amp;",
+              "\x1b[31mred\x1b[0m & co", "ﬁne ｆｕｌｌ “quoted”\n\x85x\u2028y", "a\x00b\x07c\n\ttab",
+              "Ã¢â‚¬â„¢ mojibake", "plain < markup first\n&amp; then an entity"]
+    texts = articles + lambada[:500] + [wikitext[i : i + 5000] for i in range(0, len(wikitext), 5000)]
+    rng = random.Random(0)
+    texts += broken + ["\n".join(rng.sample(articles + broken, 3)) for _ in range(200)]
+    assert [fix_unicode(t) for t in texts] == [ftfy.fix_text(t, normalization="NFC") for t in texts]
