@@ -24,7 +24,6 @@ at the very end, so a failed build never destroys a previous one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -33,8 +32,7 @@ import os
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,106 +40,37 @@ import numpy as np
 import zstandard
 
 from megagpt.tokenizer import Tokenizer
-from pipelines.clean import clean_text
-from pipelines.decontaminate import Decontaminator
+from pipelines.build_settings import STEPS, TOKENIZER_FILE, BuildSettings
+from pipelines.chunk_map import ChunkMapper
 from pipelines.dedup import (
-    band_records,
     candidate_pairs,
-    digest_records,
     exact_duplicate_keys,
     near_duplicate_keys,
     partition_rows,
-    range_bounds,
-    text_digest,
     verified_edges,
 )
-from pipelines.extract import extract_html
-from pipelines.filters import DEFAULT_BLOCKED_DOMAINS, FilterConfig, reject_reason
-from pipelines.minhash import MinHasher
 from pipelines.mpi import LocalComm, settle, world
-from pipelines.overlap import parse_named
 from pipelines.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
-from pipelines.sources import Chunk, Piece, RawDocument, list_inputs, plan_chunks, read_chunk
+from pipelines.sources import Chunk, Piece, list_inputs, plan_chunks
 from pipelines.workarea import WorkArea, run_units, save_array, save_json
 
 log = logging.getLogger("pipelines.build")
-TOKENIZER_FILE = "tokenizer.model"
-MIB = 1 << 20
 RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of digests)
 # what happened to a document that passed the filters, stored as one byte a document
 TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
 
 
-# the steps of a build in order: their work folders, and what their results depend on
-STEPS = [
-    (("map", "exact", "near"), {"inputs", "chunk_mb", "min_chars", "min_alpha", "blocked_domains",
-                                "near_threshold", "num_perm", "shingle", "seed", "decontaminate",
-                                "decontaminate_threshold"}),
-    (("decide",), {"valid_fraction"}),
-    (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
-    (("shards", "out"), {"max_shard_tokens"}),
-]
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Everything that decides a build's output; written to the manifest, checked on resume."""
-
-    tokenizer: str | None = None  # an existing sentencepiece model, or None to train one
-    vocab_size: int | None = None  # with tokenizer=None
-    valid_fraction: float = 0.05
-    min_chars: int = 200
-    min_alpha: float = 0.6
-    blocked_domains: tuple[str, ...] = DEFAULT_BLOCKED_DOMAINS
-    near_threshold: float = 0.8
-    num_perm: int = 128
-    shingle: int = 5
-    decontaminate: Mapping[str, str] = field(default_factory=dict)
-    decontaminate_threshold: float = 0.01
-    tokenizer_sample: int = 100_000
-    seed: int = 0
-    max_shard_tokens: int = 50_000_000
-    chunk_mb: float | None = None  # None: total input / 256, within [1, 64] MiB
-
-    def __post_init__(self) -> None:
-        if (self.tokenizer is None) == (self.vocab_size is None):
-            raise ValueError("give exactly one of --tokenizer MODEL or --train-tokenizer --vocab-size N")
-        if not 0 <= self.valid_fraction < 1:
-            raise ValueError(f"--valid-fraction {self.valid_fraction} must be in [0, 1)")
-        if self.tokenizer_sample < 1:
-            raise ValueError(f"--tokenizer-sample {self.tokenizer_sample} must be at least 1")
-        if self.chunk_mb is not None and self.chunk_mb <= 0:
-            raise ValueError(f"--chunk-mb {self.chunk_mb} must be positive")
-        object.__setattr__(self, "blocked_domains", tuple(self.blocked_domains))
-        object.__setattr__(self, "decontaminate", {k: str(v) for k, v in self.decontaminate.items()})
-        if self.tokenizer is not None:
-            object.__setattr__(self, "tokenizer", str(self.tokenizer))
-            try:
-                Tokenizer.load(self.tokenizer)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"--tokenizer {self.tokenizer}: {err}; give a sentencepiece model, e.g. "
-                                 "the tokenizer.model of an earlier build") from None
-
-    def chunk_bytes(self, total_bytes: int) -> int:
-        if self.chunk_mb is not None:
-            return max(1, int(self.chunk_mb * MIB))
-        return int(min(64 * MIB, max(MIB, total_bytes / 256)))
-
-    def manifest(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "tokenizer"} | {
-            "blocked_domains": list(self.blocked_domains)}
-
-
-def build(inputs: Sequence[str | Path], output: str | Path, *, workers: int | None = None,
-          force: bool = False, comm: Any = None, **options: Any) -> dict[str, Any]:
+def build(inputs: Sequence[str | Path], output: str | Path, settings: BuildSettings | None = None, *,
+          workers: int | None = None, force: bool = False, comm: Any = None,
+          **options: Any) -> dict[str, Any]:
     """Build the corpus in `output` (and `output/valid`) and return its manifest (on every rank).
 
-    `options` are BuildSettings' fields. `workers`: processes a rank (default: all cores on one
-    rank, 1 under MPI). A build of the same inputs and settings into the same `output` continues
+    `options` are BuildSettings' fields, for a call without `settings`. `workers`: processes a
+    rank (default: all cores on one rank, 1 under MPI). A build into the same `output` continues
     from the finished units of an earlier attempt in `output`.build/.
     """
     comm = comm or world()
-    settings = BuildSettings(**options)
+    settings = settings or BuildSettings(**options)
     output = Path(output)
     files = list_inputs(inputs)
     _check_output(output, inputs, force)
@@ -184,9 +113,6 @@ class _Build:
     def __init__(self, settings: BuildSettings, files: list[Path], area: WorkArea, comm: Any, workers: int):
         self.s, self.files, self.area, self.comm, self.workers = settings, files, area, comm, workers
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.filters = FilterConfig(settings.min_chars, settings.min_alpha, settings.blocked_domains)
-        self.hasher = MinHasher(settings.num_perm, settings.shingle, seed=settings.seed + 1)
-        self.decontaminator = Decontaminator(settings.decontaminate, settings.decontaminate_threshold)
         self.eval_names = list(settings.decontaminate)
         self.chunks: list[Chunk] = []
 
@@ -237,49 +163,8 @@ class _Build:
     # -- per chunk: read, extract, clean, filter, hash, sign, check contamination -------------
 
     def map_chunks(self) -> None:
-        self._run("map", range(len(self.chunks)), self._map_chunk)
-
-    def _map_chunk(self, unit: int) -> None:
-        skipped, no_text, filtered = Counter(), Counter(), Counter()
-        n_read = 0
-        kept: list[tuple[int, str, str, str | None]] = []
-        for raw in read_chunk(self.files, self.chunks[unit], skipped):
-            n_read += 1
-            text, url = _extract(raw)
-            if not text.strip():
-                no_text["no_main_text"] += 1
-                continue
-            text = clean_text(text)
-            reason = reject_reason(text, url, self.filters)
-            if reason is not None:
-                filtered[reason] += 1
-                continue
-            kept.append((raw.key, text, raw.source, url))
-        keys = np.array([k for k, *_ in kept], np.uint64)
-        digests = np.frombuffer(b"".join(text_digest(t) for _, t, _, _ in kept), np.uint8).reshape(-1, 16)
-        signatures = [self.hasher.signature(t) for _, t, _, _ in kept]
-        signed = np.array([s is not None for s in signatures], bool)
-        sigs = np.array([s if s is not None else np.zeros(self.s.num_perm, np.uint32) for s in signatures],
-                        np.uint32).reshape(-1, self.s.num_perm)
-        contamination = np.array([self._contamination(t) for _, t, _, _ in kept], np.int16)
-        with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "wt", encoding="utf-8") as out:
-            for _, text, source, url in kept:
-                out.write(json.dumps({"text": text, "source": source, "url": url}, ensure_ascii=False) + "\n")
-        np.savez(self.area.file("map", unit, "docs.npz"), keys=keys, digests=digests, signed=signed,
-                 contamination=contamination)
-        save_array(self.area.file("map", unit, "signatures.npy"), sigs)
-        exact = digest_records(keys, digests)
-        save_array(self.area.file("map", unit, "digests.npy"), exact)
-        save_array(self.area.file("map", unit, "digests.bounds.npy"), range_bounds(exact["d0"]))
-        bands = band_records(keys[signed], sigs[signed], self.s.near_threshold)
-        save_array(self.area.file("map", unit, "bands.npy"), bands)
-        save_array(self.area.file("map", unit, "bands.bounds.npy"), range_bounds(bands["h"]))
-        self.area.finish("map", unit, {"read": n_read, "skipped": skipped, "no_text": no_text,
-                                       "filtered": filtered, "kept": len(kept)})
-
-    def _contamination(self, text: str) -> int:
-        reason = self.decontaminator.reject_reason(text)
-        return -1 if reason is None else self.eval_names.index(reason.split(":", 1)[1])
+        mapper = ChunkMapper(self.s, self.files, self.area)
+        self._run("map", range(len(self.chunks)), lambda unit: mapper.map(self.chunks[unit]))
 
     # -- dedup decisions, a hash range at a time ----------------------------------------------
 
@@ -554,13 +439,6 @@ def _publish(new: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _extract(raw: RawDocument) -> tuple[str, str | None]:
-    if not raw.is_html:
-        return raw.content, raw.url
-    page = extract_html(raw.content, raw.url)
-    return page.text, page.url
-
-
 def _is_valid(digest: str, valid_fraction: float, seed: int) -> bool:
     """A document's side depends only on its text and the seed, not on input order or location."""
     h = hashlib.blake2b(f"{seed}:{digest}".encode(), digest_size=8).digest()
@@ -583,31 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="files or folders of .html(.gz), .txt, .jsonl(.gz/.zst)")
     parser.add_argument("--output", required=True, metavar="OUT", help="shard folder to create")
-    tok = parser.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--tokenizer", metavar="MODEL", help="an existing sentencepiece model")
-    tok.add_argument("--train-tokenizer", action="store_true", help="train a BPE on the train split")
-    parser.add_argument("--vocab-size", type=int, default=50257,
-                        help="with --train-tokenizer (default 50257)")
-    parser.add_argument("--tokenizer-sample", type=int, default=100_000,
-                        help="train the tokenizer on at most this many train documents")
-    parser.add_argument("--valid-fraction", type=float, default=0.05)
-    parser.add_argument("--min-chars", type=int, default=200, help="drop documents shorter than this")
-    parser.add_argument("--min-alpha", type=float, default=0.6,
-                        help="drop documents whose non-space characters are less than this share letters")
-    parser.add_argument("--block-domain", nargs="*", default=list(DEFAULT_BLOCKED_DOMAINS), metavar="DOMAIN",
-                        help="drop documents from these domains and their subdomains (default wikipedia.org)")
-    parser.add_argument("--near-threshold", type=float, default=0.8,
-                        help="MinHash Jaccard similarity that makes a near duplicate")
-    parser.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
-    parser.add_argument("--shingle", type=int, default=5, help="words a MinHash shingle")
-    parser.add_argument("--decontaminate", nargs="+", default=[], metavar="NAME=PATH",
-                        help="drop training documents sharing 8-grams with these eval sets")
-    parser.add_argument("--decontaminate-threshold", type=float, default=0.01,
-                        help="drop when more than this share of a document's 8-grams is in an eval set")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-shard-tokens", type=int, default=50_000_000)
-    parser.add_argument("--chunk-mb", type=float, default=None,
-                        help="MiB of input a unit of work (default: input / 256, within 1-64)")
+    BuildSettings.add_arguments(parser)
     parser.add_argument("--workers", type=int, default=None,
                         help="processes a rank (default: all cores; 1 under MPI)")
     parser.add_argument("--force", action="store_true",
@@ -617,16 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if comm.Get_rank() == 0 else logging.WARNING,
                         format="%(message)s")
     try:
-        build(args.input, args.output, tokenizer=args.tokenizer,
-              vocab_size=args.vocab_size if args.train_tokenizer else None,
-              valid_fraction=args.valid_fraction, min_chars=args.min_chars, min_alpha=args.min_alpha,
-              blocked_domains=args.block_domain, near_threshold=args.near_threshold,
-              num_perm=args.num_perm, shingle=args.shingle,
-              decontaminate=parse_named(args.decontaminate, "--decontaminate"),
-              decontaminate_threshold=args.decontaminate_threshold,
-              tokenizer_sample=args.tokenizer_sample, seed=args.seed, force=args.force,
-              max_shard_tokens=args.max_shard_tokens, chunk_mb=args.chunk_mb, workers=args.workers,
-              comm=comm)
+        settings = BuildSettings.from_arguments(args)
+        build(args.input, args.output, settings, workers=args.workers, force=args.force, comm=comm)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"pipelines.build: error: {err}", file=sys.stderr)
         if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
