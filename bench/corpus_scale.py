@@ -1,6 +1,6 @@
 """How a corpus build's memory and time grow with the corpus: 1 rank on 40, 160 and 640 MB.
 
-    python bench/corpus_scale.py [--sizes 40 160 640] [--ranks 1] [--json bench/results/corpus_scale-DATE.json]
+    python bench/corpus_scale.py [--sizes 40 160 640] [--ranks 1] [--json OUT.json]
 
 The corpora are WebText-like JSON lines written here (never committed): documents of about 4 KB
 made of real sentences drawn with a seeded generator from the bundled LAMBADA passages and
@@ -37,7 +37,8 @@ def sentences() -> list[str]:
     lambada = [json.loads(line)["text"] for line in
                (ROOT / "data/eval/lambada/lambada_test.jsonl").read_text().splitlines()]
     wiki = (ROOT / "data/eval/wikitext-2-raw/wiki.test.raw").read_text().splitlines()
-    text = " ".join(lambada) + " " + " ".join(line for line in wiki if line.strip() and not line.startswith(" ="))
+    prose = [line for line in wiki if line.strip() and not line.startswith(" =")]  # no headings
+    text = " ".join(lambada + prose)
     return [s for s in re.split(r"(?<=[.!?])\s+", text) if len(s) > 20]
 
 
@@ -76,7 +77,8 @@ def main() -> None:
             megabytes = corpus.stat().st_size / 1e6
             launcher = [os.path.join(bin_dir, "mpiexec"), "-n", str(args.ranks)] if args.ranks > 1 else []
             command = [*launcher, sys.executable, "-m", "pipelines.build", "--input", str(corpus),
-                       "--output", str(Path(tmp) / f"out-{size}"), "--tokenizer", str(tok.path), "--workers", "1"]
+                       "--output", str(Path(tmp) / f"out-{size}"), "--tokenizer", str(tok.path),
+                       "--workers", "1"]
             print(f"{' '.join(command[-10:])}  ({megabytes:.0f} MB, {documents} documents)", flush=True)
             run = run_measured(command, env, ROOT)
             manifest = json.loads((Path(tmp) / f"out-{size}" / "manifest.json").read_text())

@@ -16,17 +16,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.process_memory import run_measured  # noqa: E402
 from megagpt.tokenizer import Tokenizer  # noqa: E402
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -45,24 +44,16 @@ def ensure_docs() -> list[Path]:
 
 
 def build(ranks: int, pages: list[Path], out: Path, tokenizer: Path, env: dict[str, str]) -> dict:
-    """One timed corpus build of the manual on `ranks` MPI ranks; its time and manifest counts."""
+    """One timed corpus build of the manual on `ranks` MPI ranks: time, each rank's peak memory,
+    manifest counts."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks), sys.executable,
            "-m", "pipelines.build", "--input", *map(str, pages), "--output", str(out),
            "--tokenizer", str(tokenizer), "--workers", "1"]
-    t, cpu = time.perf_counter(), _children_cpu()
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-    seconds, cpu = time.perf_counter() - t, _children_cpu() - cpu
-    if done.returncode:
-        sys.exit(f"bench/pipeline.py: the build on {ranks} ranks failed:\n{done.stderr[-3000:]}")
+    run = run_measured(cmd, env, ROOT)
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out)
-    return {"seconds": seconds, "cpu_seconds": cpu, "documents": manifest["documents"],
-            "tokens": manifest["tokens"], "stages": manifest["stages"]}
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return {**run, "documents": manifest["documents"], "tokens": manifest["tokens"],
+            "stages": manifest["stages"]}
 
 
 def main() -> None:
@@ -88,11 +79,11 @@ def main() -> None:
     # with other jobs on the machine, wall time understates what K ranks give; CPU seconds of all
     # ranks show the work added by splitting it (ideal: the same total for every K)
     print(f"{'ranks':>5}{'seconds':>10}{'MB/s':>8}{'speed-up':>10}{'CPU s':>9}{'documents':>11}"
-          f"{'tokens':>11}")
+          f"{'tokens':>11}  peak RSS MiB a rank")
     for ranks, r in runs.items():
         r["speedup"] = first["seconds"] / r["seconds"]
         print(f"{ranks:>5}{r['seconds']:>10.1f}{r['mb_per_s']:>8.2f}{r['speedup']:>9.2f}x{r['cpu_seconds']:>9.1f}"
-              f"{r['documents']:>11}{r['tokens']:>11}")
+              f"{r['documents']:>11}{r['tokens']:>11}  {' '.join(f'{m:.0f}' for m in r['peak_rss_mib'])}")
     print(f"same manifest counts for every rank count: {same}")
     out = {"input": str(DOCS), "pages": len(pages), "megabytes": megabytes, "runs": runs, "same_output": same,
            "load_average_after": os.getloadavg(),

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import sys
 from collections import Counter
@@ -376,8 +377,11 @@ class _Build:
     # -- manifest and publication -------------------------------------------------------------
 
     def finish(self, output: Path) -> dict[str, Any]:
+        """Rank 0 merges the chunks' shard lists and counts into the manifests and publishes."""
         manifest = None
+        peaks = self.comm.gather(_peak_memory_mib(), root=0)
         if self.rank == 0:
+            log.info("peak memory a rank, MiB (its largest process): %s", " ".join(f"{m:.0f}" for m in peaks))
             records = [self.area.record("shards", c.id) for c in self.chunks]
             out = self.area.out
             out.mkdir(exist_ok=True)
@@ -437,6 +441,11 @@ def _publish(new: Path, output: Path) -> None:
         os.replace(output, old)
     os.replace(new, output)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _peak_memory_mib() -> float:
+    usage = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return max(u.ru_maxrss for u in usage) / 1024  # kilobytes on Linux
 
 
 def _is_valid(digest: str, valid_fraction: float, seed: int) -> bool:
