@@ -121,6 +121,12 @@ def size_for(fp: float) -> tuple[float, int, int]:
     return best
 
 
+def shape_for(n_items: int, fp: float) -> tuple[int, int, int]:
+    """(blocks, k, g) of a filter holding `n_items` distinct items at false-positive rate <= fp."""
+    bits, k, g = size_for(fp)
+    return max(1, math.ceil(max(1, n_items) * bits / BLOCK_BITS)), k, g
+
+
 class BloomFilter:
     """Set membership of uint64 hashes with no false negatives and a bounded false-positive rate."""
 
@@ -135,9 +141,7 @@ class BloomFilter:
     @classmethod
     def for_items(cls, n_items: int, fp: float = 1e-8, **meta: Any) -> BloomFilter:
         """A filter sized so that holding `n_items` distinct items keeps false positives <= fp."""
-        bits, k, g = size_for(fp)
-        n_blocks = max(1, math.ceil(max(1, n_items) * bits / BLOCK_BITS))
-        return cls(n_blocks, k, g, {"expected_items": int(n_items), "fp": fp, **meta})
+        return cls(*shape_for(n_items, fp), {"expected_items": int(n_items), "fp": fp, **meta})
 
     @property
     def n_bits(self) -> int:
