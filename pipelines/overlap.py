@@ -125,9 +125,10 @@ def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm
         settle(comm)
         bloom.allreduce(comm)
     parts = f", in {bloom.n_parts} parts of {bloom.part_bytes} bytes" if partitioned else ""
-    log.info("Bloom filter: about %d distinct n-grams (sized for %d), %d bits (%.1f a n-gram), k=%d x %d "
-             "blocks%s", meta["distinct_estimate"], distinct, bloom.n_bits, bloom.n_bits / max(1, distinct),
-             bloom.k, bloom.g, parts)
+    if comm.Get_rank() == 0:
+        log.info("Bloom filter: about %d distinct n-grams (sized for %d), %d bits (%.1f a n-gram), k=%d x %d "
+                 "blocks%s", meta["distinct_estimate"], distinct, bloom.n_bits,
+                 bloom.n_bits / max(1, distinct), bloom.k, bloom.g, parts)
     return bloom
 
 
@@ -142,7 +143,7 @@ def _empty_filter(distinct: int, fp: float, comm: Any, max_memory: int | None,
     needed, ranks = ranks_needed(n_blocks, max_memory), comm.Get_size()
     if needed > ranks:
         raise ValueError(f"--max-memory {max_memory} bytes: the Bloom filter of about {distinct} distinct "
-                         f"n-grams at --fp {fp} takes {nbytes} bytes, which {ranks} rank(s) cannot hold; "
+                         f"n-grams at --fp {fp} takes {nbytes} bytes, more than {ranks} rank(s) can hold; "
                          f"run at least {needed} ranks (mpiexec -n {needed} python -m pipelines.overlap "
                          "...), raise --max-memory, or raise --fp")
     return PartitionedBloom.create(n_blocks, k, g, meta, comm)
