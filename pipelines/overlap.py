@@ -46,13 +46,15 @@ from pipelines.cardinality import HyperLogLog
 from pipelines.mpi import LocalComm, settle, world
 from pipelines.ngrams import ngram_hashes_batch
 from pipelines.partitioned import PartitionedBloom, part_path, ranks_needed, saved_parts
-from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
 _DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
 _ESTIMATE_SIGMAS = 3.0  # the filter is sized for the distinct-count estimate plus this many errors
 _BYTE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+# pipelines.shards.MANIFEST_NAME (test_overlap checks they agree): importing that module loads
+# webdataset and with it torch, 185 MB a rank that text and jsonl inputs do not need
+MANIFEST_NAME = "manifest.json"
 T = TypeVar("T")
 
 
@@ -80,6 +82,7 @@ def iter_texts(path: str | Path, rank: int = 0, size: int = 1) -> Iterator[str]:
 
 def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
     from megagpt.tokenizer import Tokenizer
+    from pipelines.shards import ShardError, read_manifest, read_shard
 
     manifest = read_manifest(folder)
     tok = Tokenizer.load(folder / manifest["tokenizer"]["file"])

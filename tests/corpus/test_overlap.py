@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from pipelines import overlap as overlap_module
+from pipelines import shards
 from pipelines.bloom import BLOCK_BITS, BloomFilter
 from pipelines.build import build
 from pipelines.mpi import LocalComm
@@ -67,6 +69,7 @@ def test_cli_json_saved_filter_and_shard_folder(train_file, articles, tmp_path, 
     grams = lambda texts: sorted(tuple(ngram_strings(t)) for t in texts)
     assert grams(decoded) == grams(iter_texts(docs))
     assert list(iter_texts(tmp_path / "shards", rank=1, size=2)) == decoded[1::2]  # an MPI rank's share
+    assert overlap_module.MANIFEST_NAME == shards.MANIFEST_NAME  # overlap.py keeps its own copy
 
 
 def test_cli_errors_name_the_option(tmp_path, capsys):
