@@ -187,17 +187,15 @@ def save_filter(bloom: BloomFilter | PartitionedBloom, path: str | Path, comm: A
     """Rank 0 saves a whole filter, each rank its parts of a partitioned one; files of an earlier
     save under the same name that this one would not overwrite are removed first, so that
     --filter finds exactly this filter."""
-    keep = {part_path(path, i, bloom.n_parts) for i in range(bloom.n_parts)} if isinstance(
-        bloom, PartitionedBloom) else {Path(path)}
+    partitioned = isinstance(bloom, PartitionedBloom)
+    keep = {part_path(path, i, bloom.n_parts) for i in range(bloom.n_parts)} if partitioned else {Path(path)}
     if comm.Get_rank() == 0:
         for stale in [Path(path), *itertools.chain(*saved_parts(path).values())]:
             if stale not in keep:
                 stale.unlink(missing_ok=True)
     settle(comm)
     comm.Barrier()
-    if isinstance(bloom, PartitionedBloom):
-        bloom.save(path)
-    elif comm.Get_rank() == 0:
+    if partitioned or comm.Get_rank() == 0:
         bloom.save(path)
 
 
@@ -210,7 +208,7 @@ def overlap(bloom: BloomFilter | PartitionedBloom, texts: Iterable[str], n: int 
     (the others None): the per-document counts are put back in document order, so the figures are
     those of one process.
     """
-    comm = comm or LocalComm()
+    comm = comm or (bloom.comm if isinstance(bloom, PartitionedBloom) else LocalComm())
     found, counts = _found_per_document(bloom, texts, n, comm)
     shares = comm.gather((found, counts))
     return _report(*_in_document_order(shares)) if comm.Get_rank() == 0 else None
