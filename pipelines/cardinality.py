@@ -13,9 +13,10 @@ with MAX), and the merge equals the sketch of the union: a rank never sends its 
 The estimate is Ertl's improved raw estimator ("New cardinality estimation algorithms for
 HyperLogLog sketches", 2017, algorithm 6): unbiased from 0 items to far beyond 2^40 with no
 empirical bias tables or switch to linear counting, with relative standard error about
-1.04 / sqrt(m) (0.41% at p = 16). datasketch's HyperLogLogPlusPlus estimates as well but hashes
-every item in Python (sha1 of bytes by default), about a microsecond an item; this update is a
-compiled loop over a uint64 array like the Bloom filter's (bench/overlap_scale.py measures both).
+1.04 / sqrt(m) (0.41% at p = 16; -0.56% = -1.4 of it on 10.9M distinct 8-grams in
+bench/overlap_scale.py). datasketch's HyperLogLogPlusPlus estimates as well but hashes every item
+in a Python call (sha1 of bytes by default): 0.55 M items/s there, where this compiled loop over a
+uint64 array, like the Bloom filter's, updates 29 M/s on the same busy 2 cores.
 """
 
 from __future__ import annotations
