@@ -12,7 +12,8 @@ tokenizer). All 8-grams of the training documents go into a Bloom filter sized f
 distinct count and the target false-positive rate; for each eval set we report how many of its
 8-gram occurrences the filter holds, overall and per document.
 
-Memory per rank is a batch of documents plus the filter: the distinct count is estimated in a
+Memory per rank is a batch of documents plus the filter (and one input file, which
+pipelines.sources reads whole: keep inputs shard-sized): the distinct count is estimated in a
 first pass over the documents (a HyperLogLog sketch, pipelines/cardinality.py, merged over the
 ranks), and a second pass inserts batch by batch; no rank holds the hashes of its share. Each rank
 holds the whole filter (OR-merged at the end) unless it is larger than `--max-memory` bytes
@@ -316,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         evals = parse_named(args.eval, "--eval")
         max_memory = parse_bytes(args.max_memory, "--max-memory") if args.max_memory else None
+        if args.filter and max_memory:
+            raise ValueError(f"--max-memory sizes a filter built from --train; --filter {args.filter} is "
+                             "mapped as it was saved (a partitioned one: each rank maps its parts)")
         if args.filter:
             bloom = load_filter(args.filter, args.ngram, comm)
         else:

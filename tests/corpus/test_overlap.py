@@ -136,6 +136,8 @@ def test_a_filter_too_big_for_the_ranks_is_refused(train_file, capsys):
     err = capsys.readouterr().err
     assert "--max-memory '2X': expected a number of bytes with an optional K, M or G suffix" in err
     assert parse_bytes("2G", "--max-memory") == 2 << 30 and parse_bytes("1.5k", "--max-memory") == 1536
+    assert main(["--filter", "f.bloom", *evals, "--max-memory", "2G"]) == 2
+    assert "--max-memory sizes a filter built from --train" in capsys.readouterr().err
 
 
 def test_partitioned_filter_in_one_process(train_file, lambada, tmp_path):
