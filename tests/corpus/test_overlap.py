@@ -132,6 +132,8 @@ def test_a_filter_too_big_for_the_ranks_is_refused(train_file, capsys):
     budget = whole_filter_bytes(path) * 3 // 4
     assert main(["--train", str(path), *evals, "--max-memory", str(budget)]) == 2
     assert "more than 1 rank(s) can hold; run at least 2 ranks (mpiexec -n 2" in capsys.readouterr().err
+    assert main(["--train", str(path), *evals, "--max-memory", "10"]) == 2
+    assert "--max-memory 10 bytes is less than one 64-byte block" in capsys.readouterr().err
     assert main(["--train", str(path), *evals, "--max-memory", "2X"]) == 2
     err = capsys.readouterr().err
     assert "--max-memory '2X': expected a number of bytes with an optional K, M or G suffix" in err
