@@ -1,15 +1,29 @@
 """Train/test n-gram overlap with a Bloom filter, as in GPT-2 section 4 (Table 6).
 
     python -m pipelines.overlap --train data/shards --eval lambada=data/eval/lambada/lambada_test.jsonl \
-        wikitext2=data/eval/wikitext-2-raw/wiki.test.raw [--ngram 8] [--fp 1e-8] [--json OUT.json]
-    mpiexec -n 4 python -m pipelines.overlap ...        # training documents split over the ranks
+        wikitext2=data/eval/wikitext-2-raw/wiki.test.raw [--ngram 8] [--fp 1e-8] [--json OUT.json] \
+        [--save-filter F] [--max-memory 2G]
+    python -m pipelines.overlap --filter F --eval NAME=PATH ...     # reuse a saved filter
+    mpiexec -n 4 python -m pipelines.overlap ...        # documents split over the ranks
 
 A PATH is a text file (any other name: one document), a .jsonl(.gz/.zst) file (one document a line, field
 `text`), a folder of those, or a shard folder written by pipelines.build (decoded with its
 tokenizer). All 8-grams of the training documents go into a Bloom filter sized for their
 distinct count and the target false-positive rate; for each eval set we report how many of its
-8-gram occurrences the filter holds, overall and per document. `--save-filter F` keeps the
-filter; `--filter F` reuses it instead of `--train`.
+8-gram occurrences the filter holds, overall and per document.
+
+Memory per rank is a batch of documents plus the filter (pipelines.sources streams JSON lines
+files): the distinct count is estimated in a
+first pass over the documents (a HyperLogLog sketch, pipelines/cardinality.py, merged over the
+ranks), and a second pass inserts batch by batch; no rank holds the hashes of its share. Each rank
+holds the whole filter (OR-merged at the end) unless it is larger than `--max-memory` bytes
+(suffix K, M or G, powers of 1024): then rank r holds part r of it, inserts and queries travel to
+the part's owner by all-to-all (pipelines/partitioned.py), and a filter that does not fit even
+split over the ranks is refused with the number of ranks it needs.
+
+`--save-filter F` keeps the filter, with a checksum of its bits (a partitioned one as F.part0ofP
+... F.part<P-1>ofP, each rank writing its own); `--filter F` reuses it instead of `--train`, on one
+process or on any number of ranks (each maps the parts it owns).
 """
 
 from __future__ import annotations
@@ -18,23 +32,29 @@ import argparse
 import itertools
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
-from pipelines.bloom import BloomFilter
-from pipelines.mpi import settle, world
+from pipelines.bloom import BLOCK_BITS, BloomFilter, shape_for
+from pipelines.cardinality import HyperLogLog
+from pipelines.mpi import LocalComm, settle, world
 from pipelines.ngrams import ngram_hashes_batch
+from pipelines.partitioned import PartitionedBloom, part_path, ranks_needed, saved_parts
 from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
 _DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
+_ESTIMATE_SIGMAS = 3.0  # the filter is sized for the distinct-count estimate plus this many errors
+_BYTE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+T = TypeVar("T")
 
 
 def iter_texts(path: str | Path, rank: int = 0, size: int = 1) -> Iterator[str]:
@@ -75,48 +95,154 @@ def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
             index += 1
 
 
-def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None) -> BloomFilter:
-    """A Bloom filter of every n-gram of the documents in `paths`.
+def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None,
+                 max_memory: int | None = None) -> BloomFilter | PartitionedBloom:
+    """A Bloom filter of every n-gram of the documents in `paths`, in memory bounded by a batch
+    of documents plus the filter (or, partitioned, its part).
 
-    Under MPI rank r hashes every size-th document from r; all ranks size one filter for the sum
-    of their distinct counts (an upper bound of the global one, so the fp target holds) and OR
-    them together, so each rank ends with the filter of the whole training set. A rank holds its
-    distinct hashes (8 bytes an 8-gram) before sizing: for a corpus beyond memory, run more ranks.
+    Two passes over the documents. The first estimates their distinct n-grams with a HyperLogLog
+    sketch, merged over the ranks; the filter is sized for the estimate raised by three standard
+    errors (+1.2%), so it holds the fp target unless the estimate is that far off (about 1 in
+    700; then the rate moves by a few percent of itself). The second inserts each batch of hashes.
+    Under MPI rank r hashes every size-th document from r. A filter of at most `max_memory` bytes
+    (or any size when None) is held whole by every rank, merged by OR; a larger one is split
+    over the ranks (pipelines/partitioned.py) and inserts travel to its parts' owners.
     """
     comm = comm or world()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    chunks = []
-    for path in paths:
-        texts = tqdm(iter_texts(path, rank, size), desc=f"hash {Path(path).name}", unit="doc",
-                     leave=False, disable=rank != 0)
-        for batch in _batches(texts, _DOCS_A_BATCH):
-            chunks.append(np.unique(ngram_hashes_batch(batch, n)[0]))
-    local = np.unique(np.concatenate(chunks)) if chunks else np.empty(0, np.uint64)
+    meta: dict[str, Any] = {"ngram": n, "train": [str(p) for p in paths]}
+    sketch = HyperLogLog()
+    for hashes in _ngram_batches(paths, n, comm, "count"):
+        sketch.add(hashes)
     settle(comm)
-    distinct_bound = comm.allreduce(len(local))
-    bloom = BloomFilter.for_items(distinct_bound, fp, ngram=n, train=[str(p) for p in paths])
-    bloom.add(local)
-    bloom.allreduce(comm)
-    log.info("Bloom filter: %d n-grams (<= this many distinct), %d bits (%.1f a n-gram), k=%d x %d blocks",
-             distinct_bound, bloom.n_bits, bloom.n_bits / max(1, distinct_bound), bloom.k, bloom.g)
+    sketch.allreduce(comm)
+    distinct = sketch.upper_bound(_ESTIMATE_SIGMAS)
+    meta |= {"distinct_estimate": round(sketch.estimate()), "estimate_rse": sketch.relative_std_error}
+    bloom = _empty_filter(distinct, fp, comm, max_memory, meta)
+    partitioned = isinstance(bloom, PartitionedBloom)
+    batches = _ngram_batches(paths, n, comm, "insert")
+    for hashes in _in_lockstep(batches, comm, np.empty(0, np.uint64)) if partitioned else batches:
+        bloom.add(hashes)
+    if not partitioned:
+        settle(comm)
+        bloom.allreduce(comm)
+    parts = f", in {bloom.n_parts} parts of {bloom.part_bytes} bytes" if partitioned else ""
+    if comm.Get_rank() == 0:
+        log.info("Bloom filter: about %d distinct n-grams (sized for %d), %d bits (%.1f a n-gram), k=%d x %d "
+                 "blocks%s", meta["distinct_estimate"], distinct, bloom.n_bits,
+                 bloom.n_bits / max(1, distinct), bloom.k, bloom.g, parts)
     return bloom
 
 
-def overlap(bloom: BloomFilter, texts: Iterable[str], n: int = 8) -> dict[str, Any]:
-    """Share of the n-gram occurrences of `texts` found in `bloom`, overall and per document."""
-    found = total = 0
-    per_doc = []
-    for batch in _batches(texts, _DOCS_A_BATCH):
-        hashes, counts = ngram_hashes_batch(batch, n)
+def _empty_filter(distinct: int, fp: float, comm: Any, max_memory: int | None,
+                  meta: dict[str, Any]) -> BloomFilter | PartitionedBloom:
+    """A whole filter when it fits `max_memory`, else one part a rank; refused when a part does not fit."""
+    n_blocks, k, g = shape_for(distinct, fp)
+    meta = {"expected_items": distinct, "fp": fp, **meta}
+    nbytes = n_blocks * BLOCK_BITS // 8
+    if max_memory is None or nbytes <= max_memory:
+        return BloomFilter(n_blocks, k, g, meta)
+    needed, ranks = ranks_needed(n_blocks, max_memory), comm.Get_size()
+    if needed > ranks:
+        raise ValueError(f"--max-memory {max_memory} bytes: the Bloom filter of about {distinct} distinct "
+                         f"n-grams at --fp {fp} takes {nbytes} bytes, more than {ranks} rank(s) can hold; "
+                         f"run at least {needed} ranks (mpiexec -n {needed} python -m pipelines.overlap "
+                         "...), raise --max-memory, or raise --fp")
+    return PartitionedBloom.create(n_blocks, k, g, meta, comm)
+
+
+def _ngram_batches(paths: Sequence[str | Path], n: int, comm: Any, desc: str) -> Iterator[np.ndarray]:
+    """The n-gram hashes of this rank's documents of `paths`, a batch of documents at a time."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    for path in paths:
+        texts = tqdm(iter_texts(path, rank, size), desc=f"{desc} {Path(path).name}", unit="doc",
+                     leave=False, disable=rank != 0)
+        for batch in _batches(texts, _DOCS_A_BATCH):
+            yield ngram_hashes_batch(batch, n)[0]
+
+
+def _in_lockstep(batches: Iterable[T], comm: Any, empty: T) -> Iterator[T]:
+    """Each batch, then `empty` until every rank is out of batches: each rank makes the same number
+    of collective calls (a partitioned filter's add and contains) whatever its share."""
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        settle(comm)  # a rank ahead sleeps instead of spinning in MPI's poll
+        if not comm.allreduce(int(batch is not None)):
+            return
+        yield empty if batch is None else batch
+
+
+def load_filter(path: str | Path, n: int, comm: Any = None) -> BloomFilter | PartitionedBloom:
+    """A filter saved by --save-filter: one file, or parts F.part0ofP ... (each rank maps its own)."""
+    comm = comm or world()
+    bloom = BloomFilter.load(path) if Path(path).is_file() else PartitionedBloom.load(path, comm)
+    if bloom.meta.get("ngram") != n:
+        raise ValueError(f"--filter {path} holds {bloom.meta.get('ngram')}-grams, not --ngram {n}")
+    return bloom
+
+
+def save_filter(bloom: BloomFilter | PartitionedBloom, path: str | Path, comm: Any) -> None:
+    """Rank 0 saves a whole filter, each rank its parts of a partitioned one; files of an earlier
+    save under the same name that this one would not overwrite are removed first, so that
+    --filter finds exactly this filter."""
+    partitioned = isinstance(bloom, PartitionedBloom)
+    keep = {part_path(path, i, bloom.n_parts) for i in range(bloom.n_parts)} if partitioned else {Path(path)}
+    if comm.Get_rank() == 0:
+        for stale in [Path(path), *itertools.chain(*saved_parts(path).values())]:
+            if stale not in keep:
+                stale.unlink(missing_ok=True)
+    settle(comm)
+    comm.Barrier()
+    if partitioned or comm.Get_rank() == 0:
+        bloom.save(path)
+
+
+def overlap(bloom: BloomFilter | PartitionedBloom, texts: Iterable[str], n: int = 8,
+            comm: Any = None) -> dict[str, Any] | None:
+    """Share of the n-gram occurrences of `texts` found in `bloom`, overall and per document.
+
+    Under MPI (`comm` of several ranks) each rank passes its share of the documents, those i with
+    i % size == rank as iter_texts(path, rank, size) gives, and rank 0 gets the report of them all
+    (the others None): the per-document counts are put back in document order, so the figures are
+    those of one process.
+    """
+    comm = comm or (bloom.comm if isinstance(bloom, PartitionedBloom) else LocalComm())
+    found, counts = _found_per_document(bloom, texts, n, comm)
+    shares = comm.gather((found, counts))
+    return _report(*_in_document_order(shares)) if comm.Get_rank() == 0 else None
+
+
+def _found_per_document(bloom: BloomFilter | PartitionedBloom, texts: Iterable[str], n: int,
+                        comm: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For each document, how many of its n-grams the filter holds, and how many it has."""
+    batches: Iterable = (ngram_hashes_batch(batch, n) for batch in _batches(texts, _DOCS_A_BATCH))
+    if isinstance(bloom, PartitionedBloom):
+        batches = _in_lockstep(batches, comm, (np.empty(0, np.uint64), np.empty(0, np.int64)))
+    found, counts = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for hashes, doc_counts in batches:
         hits = bloom.contains(hashes)
-        doc_hits = np.bincount(np.repeat(np.arange(len(batch)), counts), weights=hits, minlength=len(batch))
-        found, total = found + int(hits.sum()), total + len(hashes)
-        per_doc.extend(doc_hits[counts > 0] / counts[counts > 0])  # documents with an n-gram
-    docs = np.array(per_doc)
+        doc = np.repeat(np.arange(len(doc_counts)), doc_counts)
+        found.append(np.bincount(doc, weights=hits, minlength=len(doc_counts)).astype(np.int64))
+        counts.append(doc_counts)
+    return np.concatenate(found), np.concatenate(counts)
+
+
+def _in_document_order(shares: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave the ranks' per-document arrays: rank r held documents r, r + size, ..."""
+    size, total = len(shares), sum(len(found) for found, _ in shares)
+    found, counts = np.empty(total, np.int64), np.empty(total, np.int64)
+    for rank, (rank_found, rank_counts) in enumerate(shares):
+        found[rank::size], counts[rank::size] = rank_found, rank_counts
+    return found, counts
+
+
+def _report(found: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+    docs = found[counts > 0] / counts[counts > 0]  # documents with an n-gram
+    total = int(counts.sum())
     return {
         "ngrams": total,
-        "found": found,
-        "overlap": found / total if total else 0.0,
+        "found": int(found.sum()),
+        "overlap": int(found.sum()) / total if total else 0.0,
         "documents": len(docs),
         "per_document": {
             "mean": float(docs.mean()) if len(docs) else 0.0,
@@ -159,6 +285,15 @@ def parse_named(items: Sequence[str], option: str) -> dict[str, Path]:
     return named
 
 
+def parse_bytes(value: str, option: str) -> int:
+    """A byte count with an optional K/M/G suffix (powers of 1024); the error names the option."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*", value, re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"{option} {value!r}: expected a number of bytes with an optional K, M or G suffix, "
+                         "e.g. 2G")
+    return int(float(match[1]) * _BYTE_SUFFIXES[match[2].upper()])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.overlap", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -169,27 +304,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fp", type=float, default=1e-8, help="Bloom false-positive target (default 1e-8)")
     parser.add_argument("--json", metavar="OUT", help="write {NAME: {ngrams, overlap, ...}} here")
     parser.add_argument("--save-filter", metavar="F", help="save the training filter for --filter")
+    parser.add_argument("--max-memory", metavar="BYTES",
+                        help="most bytes of filter a rank holds, e.g. 2G; a larger filter is split over "
+                             "the ranks (default: every rank holds the whole filter)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     comm = world()
+    rank, size = comm.Get_rank(), comm.Get_size()
     try:
         evals = parse_named(args.eval, "--eval")
+        max_memory = parse_bytes(args.max_memory, "--max-memory") if args.max_memory else None
+        if args.filter and max_memory:
+            raise ValueError(f"--max-memory sizes a filter built from --train; --filter {args.filter} is "
+                             "mapped as it was saved (a partitioned one: each rank maps its parts)")
         if args.filter:
-            bloom = BloomFilter.load(args.filter)
-            if bloom.meta.get("ngram") != args.ngram:
-                raise ValueError(f"--filter {args.filter} holds {bloom.meta.get('ngram')}-grams, "
-                                 f"not --ngram {args.ngram}")
+            bloom = load_filter(args.filter, args.ngram, comm)
         else:
-            bloom = build_filter(args.train, args.ngram, args.fp, comm)
-        if comm.Get_rank() != 0:
-            return 0
+            bloom = build_filter(args.train, args.ngram, args.fp, comm, max_memory)
         if args.save_filter:
-            bloom.save(args.save_filter)
-            log.info("saved the filter to %s", args.save_filter)
-        report = {name: overlap(bloom, iter_texts(path), args.ngram) for name, path in evals.items()}
+            save_filter(bloom, args.save_filter, comm)
+            if rank == 0:
+                log.info("saved the filter to %s", args.save_filter)
+        report = {name: overlap(bloom, iter_texts(path, rank, size), args.ngram, comm)
+                  for name, path in evals.items()}
     except (ValueError, FileNotFoundError) as err:
         print(f"pipelines.overlap: error: {err}", file=sys.stderr)
+        if size > 1:  # the other ranks may be waiting in a collective: end them, never hang
+            comm.Abort(2)
         return 2
+    if rank != 0:
+        return 0
     print(format_table(report, args.ngram))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -113,6 +113,29 @@ def test_save_and_memory_map_back(train, tmp_path):
         BloomFilter.load(tmp_path / "junk.bloom")
 
 
+def test_overwritten_bits_fail_the_checksum(train, tmp_path):
+    bloom = BloomFilter.for_items(20_000, 1e-8, ngram=8)
+    bloom.add(train[0])
+    path = tmp_path / "f.bloom"
+    bloom.save(path)
+    data = bytearray(path.read_bytes())
+    body = len(data) - bloom.n_bits // 8
+    fix = r"rebuild it with python -m pipelines\.overlap --train \.\.\. --save-filter .*f\.bloom"
+    for start, junk in ((body + 1000, b"\xff" * 4096), (len(data) - 1, bytes([data[-1] ^ 1]))):
+        damaged = data[:start] + junk + data[start + len(junk):]
+        assert len(damaged) == len(data)
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=rf"f\.bloom: cannot load.*do not match the checksum.*{fix}"):
+            BloomFilter.load(path)
+        assert BloomFilter.load(path, verify=False) != bloom  # what went unnoticed before format 5
+    old = b"MGBLOOM4" + data[8:]
+    path.write_bytes(old)
+    with pytest.raises(ValueError, match=rf"format 4 of an older megagpt.*{fix}"):
+        BloomFilter.load(path)
+    path.write_bytes(data)
+    assert BloomFilter.load(path) == bloom
+
+
 def test_items_sharing_a_block_in_one_batch_all_get_in():
     """A 4-block filter: thousands of items of one batch land in the same blocks."""
     items = np.random.default_rng(1).integers(0, 2**63, 5000, dtype=np.uint64)

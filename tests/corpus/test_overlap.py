@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.bloom import BloomFilter
+from pipelines.bloom import BLOCK_BITS, BloomFilter
 from pipelines.build import build
-from pipelines.ngrams import ngram_hashes, ngram_strings
-from pipelines.overlap import build_filter, iter_texts, main, overlap
+from pipelines.mpi import LocalComm
+from pipelines.ngrams import ngram_hashes, ngram_hashes_batch, ngram_strings
+from pipelines.overlap import build_filter, iter_texts, load_filter, main, overlap, parse_bytes, save_filter
+from pipelines.partitioned import PartitionedBloom, part_of
 from tests.corpus.conftest import LAMBADA, ROOT, WIKITEXT, run_mpi, write_jsonl
 
 
@@ -86,9 +88,98 @@ def test_two_mpi_ranks_report_what_one_does(train_file, tmp_path):
                 "--json", str(tmp_path / f"{ranks}.json"))
     one, two = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (1, 2))
     assert one == two
-    # the same documents, hashed on two ranks and OR-merged, give the same bits; the 2-rank
-    # filter is sized for the sum of per-rank distinct counts, so compare membership, not bytes
+    # the ranks' distinct-count sketches merge into the sketch of all documents, so both runs size
+    # the same filter, and the same documents hashed on two ranks and OR-merged give the same bits
     f1, f2 = BloomFilter.load(tmp_path / "1.bloom"), BloomFilter.load(tmp_path / "2.bloom")
     hashes = np.concatenate([ngram_hashes(t) for t in iter_texts(path)])
-    assert f1.contains(hashes).all() and f2.contains(hashes).all()
-    assert f2.n_blocks >= f1.n_blocks
+    assert f1.contains(hashes).all() and f1 == f2
+
+
+def whole_filter_bytes(path) -> int:
+    return build_filter([path], comm=LocalComm()).n_blocks * BLOCK_BITS // 8
+
+
+@pytest.mark.slow
+def test_partitioned_filter_on_two_ranks_reports_what_the_whole_one_does(train_file, lambada, wikitext,
+                                                                         tmp_path, capsys):
+    path, texts = train_file
+    evals = ["--eval", f"lambada={LAMBADA}", f"wikitext2={WIKITEXT}"]
+    assert main(["--train", str(path), *evals, "--json", str(tmp_path / "whole.json")]) == 0
+    budget = str(whole_filter_bytes(path) * 3 // 4)  # the whole filter does not fit; half of it does
+    run_mpi(2, "pipelines.overlap", "--train", str(path), *evals, "--max-memory", budget,
+            "--save-filter", str(tmp_path / "f"), "--json", str(tmp_path / "parts.json"))
+    assert sorted(p.name for p in tmp_path.glob("f*")) == ["f.part0of2", "f.part1of2"]
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert json.loads((tmp_path / "parts.json").read_text()) == whole
+    for name, eval_texts in (("lambada", lambada), ("wikitext2", [wikitext])):
+        found, total, _ = exact(texts, eval_texts)
+        assert whole[name]["ngrams"] == total and found <= whole[name]["found"] <= found + 1
+
+    # the saved parts answer the same on one process (it maps both) and on two ranks (one each)
+    assert main(["--filter", str(tmp_path / "f"), *evals, "--json", str(tmp_path / "one.json")]) == 0
+    run_mpi(2, "pipelines.overlap", "--filter", str(tmp_path / "f"), *evals,
+            "--json", str(tmp_path / "two.json"))
+    for reloaded in ("one.json", "two.json"):
+        assert json.loads((tmp_path / reloaded).read_text()) == whole
+
+
+def test_a_filter_too_big_for_the_ranks_is_refused(train_file, capsys):
+    path, _ = train_file
+    evals = ["--eval", f"lambada={LAMBADA}"]
+    budget = whole_filter_bytes(path) * 3 // 4
+    assert main(["--train", str(path), *evals, "--max-memory", str(budget)]) == 2
+    assert "more than 1 rank(s) can hold; run at least 2 ranks (mpiexec -n 2" in capsys.readouterr().err
+    assert main(["--train", str(path), *evals, "--max-memory", "10"]) == 2
+    assert "--max-memory 10 bytes is less than one 64-byte block" in capsys.readouterr().err
+    assert main(["--train", str(path), *evals, "--max-memory", "2X"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-memory '2X': expected a number of bytes with an optional K, M or G suffix" in err
+    assert parse_bytes("2G", "--max-memory") == 2 << 30 and parse_bytes("1.5k", "--max-memory") == 1536
+    assert main(["--filter", "f.bloom", *evals, "--max-memory", "2G"]) == 2
+    assert "--max-memory sizes a filter built from --train" in capsys.readouterr().err
+
+
+def test_partitioned_filter_in_one_process(train_file, lambada, tmp_path):
+    """Three parts owned by one process: no false negatives, saved and loaded back, bad sets refused."""
+    path, texts = train_file
+    train = np.concatenate([ngram_hashes(t) for t in texts])
+    meta = {"ngram": 8}
+    parts = {i: BloomFilter(700, 1, 3, {**meta, "part": i, "parts": 3, "filter_id": "a"}) for i in range(3)}
+    bloom = PartitionedBloom(parts, 3, 1, 3, 700, meta, LocalComm())
+    bloom.add(train)
+    assert bloom.contains(train).all()
+    share = np.bincount(part_of(train, 3), minlength=3) / len(train)
+    assert np.all(np.abs(share - 1 / 3) < 0.01)  # every part gets a third of the items
+    save_filter(bloom, tmp_path / "f", LocalComm())
+    back = load_filter(tmp_path / "f", 8)
+    queries = ngram_hashes_batch(lambada)[0]
+    assert np.array_equal(back.contains(queries), bloom.contains(queries))
+    assert back.n_blocks == 2100 and back.meta == meta
+
+    part1 = (tmp_path / "f.part1of3").read_bytes()
+    (tmp_path / "f.part1of3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"f\.part1of3 missing; rebuild it with"):
+        load_filter(tmp_path / "f", 8)
+    (tmp_path / "f.part1of3").write_bytes((tmp_path / "f.part0of3").read_bytes())
+    with pytest.raises(ValueError, match=r"f\.part1of3 says it is part 0 of 3 \(renamed\?\)"):
+        load_filter(tmp_path / "f", 8)
+    (tmp_path / "f.part0of2").write_bytes(part1)
+    with pytest.raises(ValueError, match=r"parts of 2 filters are there \(split in \[2, 3\] parts\)"):
+        load_filter(tmp_path / "f", 8)
+    save_filter(build_filter([path], comm=LocalComm()), tmp_path / "f", LocalComm())  # a whole one
+    assert sorted(p.name for p in tmp_path.glob("f*")) == ["f"]  # the stale parts are gone
+
+
+def test_a_damaged_saved_filter_is_an_error_not_a_figure(train_file, tmp_path, capsys):
+    path, _ = train_file
+    evals = ["--eval", f"lambada={LAMBADA}"]
+    assert main(["--train", str(path), *evals, "--save-filter", str(tmp_path / "f.bloom")]) == 0
+    data = bytearray((tmp_path / "f.bloom").read_bytes())
+    data[-100_000:] = b"\xff" * 100_000  # bits overwritten: the filter would say "present" to most
+    (tmp_path / "f.bloom").write_bytes(data)
+    capsys.readouterr()
+    assert main(["--filter", str(tmp_path / "f.bloom"), *evals]) == 2
+    err = capsys.readouterr().err
+    assert "f.bloom: cannot load Bloom filter (its bits do not match the checksum" in err
+    fix = f"rebuild it with python -m pipelines.overlap --train ... --save-filter {tmp_path / 'f.bloom'}"
+    assert fix in err
