@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megagpt.tokenizer import Tokenizer
+from pipelines.extract import EXTRACTORS
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS
 from pipelines.overlap import parse_named
 
@@ -25,9 +26,9 @@ def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
 
 # the steps of a build in order: their work folders, and what their results depend on
 STEPS = [
-    (("map", "exact", "near"), {"inputs", "chunk_mb", "min_chars", "min_alpha", "blocked_domains",
-                                "near_threshold", "num_perm", "shingle", "seed", "decontaminate",
-                                "decontaminate_threshold"}),
+    (("map", "exact", "near"), {"inputs", "chunk_mb", "extractor", "text_field", "min_chars", "min_alpha",
+                                "blocked_domains", "near_threshold", "num_perm", "shingle", "seed",
+                                "decontaminate", "decontaminate_threshold"}),
     (("decide",), {"valid_fraction"}),
     (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
     (("shards", "out"), {"max_shard_tokens"}),
@@ -41,6 +42,9 @@ class BuildSettings:
     tokenizer: str | None = None  # --tokenizer MODEL, or None with --train-tokenizer
     vocab_size: int | None = None  # with tokenizer=None
     valid_fraction: float = _option(0.05, "share of documents held out in OUT/valid (by a hash of the text)")
+    extractor: str = _option("trafilatura", "HTML main-text extractor: trafilatura (more accurate) or "
+                             "resiliparse (faster)")
+    text_field: str = _option("text", "the text field of .jsonl lines and column of .parquet files")
     min_chars: int = _option(200, "drop documents shorter than this")
     min_alpha: float = _option(0.6, "drop documents whose non-space characters are under this share letters")
     blocked_domains: tuple[str, ...] = DEFAULT_BLOCKED_DOMAINS  # --block-domain
@@ -63,6 +67,8 @@ class BuildSettings:
             raise ValueError(f"--valid-fraction {self.valid_fraction} must be in [0, 1)")
         if self.tokenizer_sample < 1:
             raise ValueError(f"--tokenizer-sample {self.tokenizer_sample} must be at least 1")
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f"--extractor {self.extractor}: choose one of {', '.join(EXTRACTORS)}")
         if self.chunk_mb is not None and self.chunk_mb <= 0:
             raise ValueError(f"--chunk-mb {self.chunk_mb} must be positive")
         object.__setattr__(self, "blocked_domains", tuple(self.blocked_domains))

@@ -40,9 +40,9 @@ class ChunkMapper:
         skipped, no_text, filtered = Counter(), Counter(), Counter()
         n_read = 0
         kept: list[tuple[int, str, str, str | None]] = []
-        for raw in read_chunk(self.files, chunk, skipped):
+        for raw in read_chunk(self.files, chunk, skipped, self.settings.text_field):
             n_read += 1
-            text, url = _extract(raw)
+            text, url = _extract(raw, self.settings.extractor)
             if not text.strip():
                 no_text["no_main_text"] += 1
                 continue
@@ -79,8 +79,8 @@ class ChunkMapper:
         return -1 if reason is None else self.eval_names.index(reason.split(":", 1)[1])
 
 
-def _extract(raw: RawDocument) -> tuple[str, str | None]:
+def _extract(raw: RawDocument, extractor: str) -> tuple[str, str | None]:
     if not raw.is_html:
         return raw.content, raw.url
-    page = extract_html(raw.content, raw.url)
+    page = extract_html(raw.content, raw.url, raw.charset, extractor)
     return page.text, page.url

@@ -1,9 +1,11 @@
-"""Raw documents from files: HTML pages, plain text files, and JSON lines.
+"""Raw documents from files: HTML pages, plain text files, JSON lines, WARC / WET, parquet.
 
 Inputs are any mix of files and folders (searched recursively) of `.html`, `.htm`, `.html.gz`,
-`.txt` and `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one object a line, field `text`, optional `url`). Files are
-read in sorted path order so a build is deterministic. A line or file that cannot be read is
-skipped and counted under its reason, never dropped silently.
+`.txt`, `.jsonl` / `.jsonl.gz` / `.jsonl.zst` (one object a line, field `text` or --text-field,
+optional `url`), `.warc(.gz/.zst/.lz4)`, `.warc.wet(.gz)` and `.parquet` (pipelines/archives.py).
+Files are read in sorted path order so a build is deterministic. A line, record or file that
+cannot be read or is not a document is skipped and counted under its reason, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import zstandard
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-SUFFIXES = HTML_SUFFIXES + TEXT_SUFFIXES + JSONL_SUFFIXES
+WET_SUFFIXES = (".warc.wet", ".warc.wet.gz", ".wet", ".wet.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".warc.zst", ".warc.lz4")
+PARQUET_SUFFIXES = (".parquet",)
+SUFFIXES = HTML_SUFFIXES + TEXT_SUFFIXES + JSONL_SUFFIXES + WET_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES
 log = logging.getLogger("pipelines.sources")
 
 
@@ -38,12 +43,13 @@ class RawDocument:
     content: str | bytes  # bytes for HTML (the extractor finds its encoding), text otherwise
     is_html: bool
     url: str | None = None
+    charset: str | None = None  # of HTML bytes, when the HTTP header says it
 
 
 @dataclass(frozen=True)
 class Piece:
     """Bytes [start, end) of input file `file`: a whole file, or a slice of a plain .jsonl file
-    (a slice holds the lines that start inside it)."""
+    (a slice holds the lines that start inside it); for parquet, row groups [start, end)."""
 
     file: int
     start: int
@@ -68,28 +74,44 @@ class Chunk:
 
 
 def plan_chunks(files: Sequence[Path], chunk_bytes: int) -> list[Chunk]:
-    """Cut the input into chunks of about `chunk_bytes` (compressed files are never split)."""
+    """Cut the input into chunks of about `chunk_bytes` (compressed files are never split; plain
+    .jsonl files are split anywhere, parquet files between row groups)."""
     if len(files) >= MAX_FILES:
         raise ValueError(f"{len(files)} input files: at most {MAX_FILES - 1} are supported; merge some")
     chunks: list[Chunk] = []
     pieces: list[Piece] = []
     filled = 0
     for index, path in enumerate(files):
-        size = path.stat().st_size
-        splittable = path.name.endswith(".jsonl")
-        start = 0
-        while True:
-            take = size - start if not splittable else min(size - start, max(1, chunk_bytes - filled))
-            pieces.append(Piece(index, start, start + take))
-            filled, start = filled + take, start + take
+        for piece, size in _pieces(index, path, chunk_bytes, filled):
+            pieces.append(piece)
+            filled += size
             if filled >= chunk_bytes:
                 chunks.append(Chunk(len(chunks), tuple(pieces)))
                 pieces, filled = [], 0
-            if start >= size:
-                break
     if pieces:
         chunks.append(Chunk(len(chunks), tuple(pieces)))
     return chunks
+
+
+def _pieces(index: int, path: Path, chunk_bytes: int, filled: int) -> Iterator[tuple[Piece, int]]:
+    """(piece, bytes) of one file, the first one filling the chunk that is `filled` bytes full."""
+    if path.name.endswith(PARQUET_SUFFIXES):
+        from pipelines.archives import parquet_row_groups
+
+        for group, size in enumerate(parquet_row_groups(path)):
+            yield Piece(index, group, group + 1), size
+        return
+    size = path.stat().st_size
+    if not path.name.endswith(".jsonl"):
+        yield Piece(index, 0, size), size
+        return
+    start = 0
+    while start < size or start == 0:
+        take = min(size - start, max(1, chunk_bytes - filled))
+        yield Piece(index, start, start + take), take
+        start, filled = start + take, 0
+        if size == 0:
+            return
 
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -111,24 +133,34 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_documents(files: Sequence[Path], skipped: Counter) -> Iterator[RawDocument]:
+def read_documents(files: Sequence[Path], skipped: Counter,
+                   text_field: str = "text") -> Iterator[RawDocument]:
     """Every document of `files`; unreadable ones are counted in `skipped` by reason."""
-    for index, path in enumerate(files):
-        yield from read_piece(path, Piece(index, 0, path.stat().st_size), skipped)
+    for chunk in plan_chunks(files, 1 << 62):
+        yield from read_chunk(files, chunk, skipped, text_field)
 
 
-def read_chunk(files: Sequence[Path], chunk: Chunk, skipped: Counter) -> Iterator[RawDocument]:
+def read_chunk(files: Sequence[Path], chunk: Chunk, skipped: Counter,
+               text_field: str = "text") -> Iterator[RawDocument]:
     for piece in chunk.pieces:
-        yield from read_piece(files[piece.file], piece, skipped)
+        yield from read_piece(files[piece.file], piece, skipped, text_field)
 
 
-def read_piece(path: Path, piece: Piece, skipped: Counter) -> Iterator[RawDocument]:
+def read_piece(path: Path, piece: Piece, skipped: Counter, text_field: str = "text") -> Iterator[RawDocument]:
     """The documents of one piece of `path`; a file that cannot be read is counted (once, by the
     piece that starts it) and named in the log."""
     key = piece.file << KEY_FILE_SHIFT
     try:
         if path.name.endswith(JSONL_SUFFIXES):
-            yield from _jsonl_documents(path, piece, skipped)
+            yield from _jsonl_documents(path, piece, skipped, text_field)
+            return
+        if path.name.endswith(WET_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES):
+            from pipelines.archives import parquet_documents, warc_documents
+
+            if path.name.endswith(PARQUET_SUFFIXES):
+                yield from parquet_documents(path, piece, skipped, text_field)
+            else:
+                yield from warc_documents(path, piece, skipped, extracted=path.name.endswith(WET_SUFFIXES))
             return
         data = read_bytes(path)
     except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as err:
@@ -181,7 +213,7 @@ def _jsonl_lines(path: Path, piece: Piece) -> Iterator[tuple[int, bytes]]:
             offset += len(line)
 
 
-def _jsonl_documents(path: Path, piece: Piece, skipped: Counter) -> Iterator[RawDocument]:
+def _jsonl_documents(path: Path, piece: Piece, skipped: Counter, text_field: str) -> Iterator[RawDocument]:
     for offset, line in _jsonl_lines(path, piece):
         if not line.strip():
             continue
@@ -190,7 +222,7 @@ def _jsonl_documents(path: Path, piece: Piece, skipped: Counter) -> Iterator[Raw
         except (json.JSONDecodeError, UnicodeDecodeError):
             skipped["bad_json"] += 1
             continue
-        text = record.get("text") if isinstance(record, dict) else None
+        text = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             skipped["no_text_field"] += 1
             continue
