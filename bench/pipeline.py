@@ -1,13 +1,16 @@
 """Whole corpus build throughput, 1 against 2 MPI ranks, on Debian's Python 3.11 HTML manual.
 
-    python bench/pipeline.py [--ranks 1 2] [--json bench/results/pipeline-DATE.json]
+    python bench/pipeline.py [--ranks 1 2] [--extractors trafilatura resiliparse] [--warc-files 16]
+                             [--json bench/results/pipeline-DATE.json]
 
 Input: the HTML pages of the `python3.11-doc` package (about 530 pages, 50 MB), installed here
 with apt-get when missing (needs root and the Debian mirror). Each run is
 `mpiexec -n K python -m pipelines.build --input PAGES --tokenizer TOK --workers 1` (one process
 a rank, so K is the cores used), with a tokenizer trained beforehand on the bundled sample pages so
-that every run does the same work. Reports MB of raw HTML a second, the speed-up over one rank,
-and checks that every run wrote the same manifest.
+that every run does the same work, once for each extractor. Reports MB of raw HTML a second, the
+speed-up over one rank, each rank's peak memory, and checks that the runs of an extractor wrote
+the same manifest. With --warc-files N the pages are first written into N gzipped WARC files
+(HTTP responses, as Common Crawl stores them) and the builds read those.
 """
 
 from __future__ import annotations
@@ -43,12 +46,33 @@ def ensure_docs() -> list[Path]:
     return sorted(DOCS.rglob("*.html"))  # the HTML pages only, not the reST sources beside them
 
 
-def build(ranks: int, pages: list[Path], out: Path, tokenizer: Path, env: dict[str, str]) -> dict:
+def write_warcs(pages: list[Path], folder: Path, files: int) -> list[Path]:
+    """The pages as HTTP response records of `files` gzipped WARC files."""
+    from fastwarc.stream_io import GzipWriter
+    from fastwarc.warc import WarcRecord, WarcRecordType
+
+    paths = [folder / f"CC-MAIN-{i:05d}.warc.gz" for i in range(files)]
+    writers = [GzipWriter(str(p)) for p in paths]
+    for i, page in enumerate(pages):
+        record = WarcRecord()
+        record.init_headers(WarcRecordType.response, f"{i:032x}".encode())
+        record.headers["WARC-Target-URI"] = f"https://docs.python.org/3.11/{page.relative_to(DOCS)}"
+        record.headers["Content-Type"] = "application/http; msgtype=response"
+        record.set_bytes_content(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+                                 + page.read_bytes())
+        record.write(writers[i % files])
+    for writer in writers:
+        writer.close()
+    return paths
+
+
+def build(ranks: int, inputs: list[Path], out: Path, tokenizer: Path, extractor: str,
+          env: dict[str, str]) -> dict:
     """One timed corpus build of the manual on `ranks` MPI ranks: time, each rank's peak memory,
     manifest counts."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks), sys.executable,
-           "-m", "pipelines.build", "--input", *map(str, pages), "--output", str(out),
-           "--tokenizer", str(tokenizer), "--workers", "1"]
+           "-m", "pipelines.build", "--input", *map(str, inputs), "--output", str(out),
+           "--tokenizer", str(tokenizer), "--workers", "1", "--extractor", extractor]
     run = run_measured(cmd, env, ROOT)
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out)
@@ -59,36 +83,42 @@ def build(ranks: int, pages: list[Path], out: Path, tokenizer: Path, env: dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--extractors", nargs="+", default=["trafilatura", "resiliparse"])
+    parser.add_argument("--warc-files", type=int, default=0, help="read the pages from this many WARC files")
     parser.add_argument("--json", default=str(ROOT / f"bench/results/pipeline-{date.today()}.json"))
     args = parser.parse_args()
     pages = ensure_docs()
     megabytes = sum(p.stat().st_size for p in pages) / 1e6
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    runs = {}
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         truth = json.loads((ROOT / "data/sample/ground-truth.json").read_text())
         tok = Tokenizer.train([p["articleBody"] for p in truth.values()], Path(tmp) / "tok.model", 8192)
-        for ranks in args.ranks:
-            print(f"mpiexec -n {ranks} python -m pipelines.build ({len(pages)} pages, {megabytes:.1f} MB)",
-                  flush=True)
-            runs[ranks] = build(ranks, pages, Path(tmp) / f"n{ranks}", tok.path, env)
-            runs[ranks]["mb_per_s"] = megabytes / runs[ranks]["seconds"]
-    first = runs[args.ranks[0]]
-    same = all(r["stages"] == first["stages"] and r["tokens"] == first["tokens"] for r in runs.values())
-    # with other jobs on the machine, wall time understates what K ranks give; CPU seconds of all
-    # ranks show the work added by splitting it (ideal: the same total for every K)
-    print(f"{'ranks':>5}{'seconds':>10}{'MB/s':>8}{'speed-up':>10}{'CPU s':>9}{'documents':>11}"
-          f"{'tokens':>11}  peak RSS MiB a rank")
-    for ranks, r in runs.items():
+        inputs = write_warcs(pages, Path(tmp), args.warc_files) if args.warc_files else pages
+        kind = f"{args.warc_files} WARC files" if args.warc_files else "HTML files"
+        for extractor in args.extractors:
+            for ranks in args.ranks:
+                print(f"mpiexec -n {ranks} python -m pipelines.build --extractor {extractor} "
+                      f"({len(pages)} pages in {kind}, {megabytes:.1f} MB)", flush=True)
+                run = build(ranks, inputs, Path(tmp) / "out", tok.path, extractor, env)
+                runs.append({"extractor": extractor, "ranks": ranks, **run,
+                             "mb_per_s": megabytes / run["seconds"]})
+    print(f"{'extractor':<13}{'ranks':>5}{'seconds':>9}{'MB/s':>7}{'MB/s/core':>10}{'speed-up':>9}"
+          f"{'CPU s':>8}{'documents':>10}  peak RSS MiB a rank")
+    same = True
+    for r in runs:
+        first = next(f for f in runs if f["extractor"] == r["extractor"])
+        same &= r["stages"] == first["stages"] and r["tokens"] == first["tokens"]
         r["speedup"] = first["seconds"] / r["seconds"]
-        print(f"{ranks:>5}{r['seconds']:>10.1f}{r['mb_per_s']:>8.2f}{r['speedup']:>9.2f}x{r['cpu_seconds']:>9.1f}"
-              f"{r['documents']:>11}{r['tokens']:>11}  {' '.join(f'{m:.0f}' for m in r['peak_rss_mib'])}")
-    print(f"same manifest counts for every rank count: {same}")
-    out = {"input": str(DOCS), "pages": len(pages), "megabytes": megabytes, "runs": runs, "same_output": same,
-           "load_average_after": os.getloadavg(),
+        print(f"{r['extractor']:<13}{r['ranks']:>5}{r['seconds']:>9.1f}{r['mb_per_s']:>7.2f}"
+              f"{r['mb_per_s'] / r['ranks']:>10.2f}{r['speedup']:>8.2f}x{r['cpu_seconds']:>8.1f}"
+              f"{r['documents']:>10}  {' '.join(f'{m:.0f}' for m in r['peak_rss_mib'])}")
+    print(f"same manifest for every rank count: {same}")
+    out = {"input": str(DOCS), "format": kind, "pages": len(pages), "megabytes": megabytes, "runs": runs,
+           "same_output": same,
            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "load_average": os.getloadavg()}}
+                       "load_average_after": os.getloadavg()}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -31,7 +31,7 @@ def run_measured(command: Sequence[str], env: dict[str, str], cwd: Path,
             break
         for p in family:
             try:
-                if match in " ".join(p.cmdline()):
+                if p.name().startswith("python") and match in " ".join(p.cmdline()):  # not the launcher
                     peak[p.pid] = max(peak.get(p.pid, 0), p.memory_info().rss)
                     times = p.cpu_times()
                     cpu[p.pid] = times.user + times.system
