@@ -36,7 +36,8 @@ class MinHasher:
         words = word_hashes(text)
         if not len(words):
             return None
-        shingles = np.unique(combine(words, min(self.shingle, len(words))).astype(np.uint32))
+        # repeated shingles change no minimum, so they are not removed (np.unique cost more than them)
+        shingles = combine(words, min(self.shingle, len(words))).astype(np.uint32)
         sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for lo in range(0, len(shingles), _CHUNK):
             chunk = shingles[lo : lo + _CHUNK, None]
