@@ -33,7 +33,7 @@ import resource
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,8 @@ class _Build:
         if self.rank == 0:
             total = sum(p.stat().st_size for p in self.files)
             chunks = plan_chunks(self.files, self.s.chunk_bytes(total))
-            plan = {"settings": self.s.manifest() | {"tokenizer": self.s.tokenizer},
+            given = self.s.tokenizer and [self.s.tokenizer, Tokenizer.load(self.s.tokenizer).sha256]
+            plan = {"settings": self.s.manifest() | {"tokenizer": given},
                     "inputs": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files],
                     "chunks": [[[p.file, p.start, p.end] for p in c.pieces] for c in chunks]}
             plan = json.loads(json.dumps(plan))  # as it reads back from the file
@@ -158,7 +159,7 @@ class _Build:
                 path = self.area.root / name if name == "out" else self.area.work / name
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
-    def _run(self, stage: str, units: Sequence[int], task) -> None:
+    def _run(self, stage: str, units: Sequence[int], task: Callable[[int], None]) -> None:
         run_units(self.area, self.comm, stage, units, task, self.workers)
 
     # -- per chunk: read, extract, clean, filter, hash, sign, check contamination -------------
@@ -211,7 +212,8 @@ class _Build:
         save_array(self.area.file("near", part, "edges.npy"), edges.astype(np.uint64).reshape(-1, 2))
         self.area.finish("near", part, {"candidates": len(pairs), "edges": len(edges)})
 
-    def _signature_lookup(self):
+    def _signature_lookup(self) -> Callable[[int], np.ndarray]:
+        """The MinHash signature of a document key, read from its chunk's files (kept open)."""
         cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
         def signature_of(key: int) -> np.ndarray:
