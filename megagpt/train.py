@@ -475,19 +475,21 @@ def main(argv: list[str] | None = None) -> int:
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step and config dumps drown ours
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning repeats every step.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    # These are raised on every rank alike (the same config and files, or decided collectively).
     try:
         code = train(cfg)
     except ConfigError as e:
         log.error("config error: %s", e)
-        return 2
+        code = 2
     except (CheckpointError, ShardError) as e:
         log.error("%s", e)
-        return 2
-    except Diverged as e:  # raised on every rank at the same step: they can still leave together
+        code = 2
+    except Diverged as e:
         log.error("%s", e)
         code = DIVERGED_EXIT_CODE
-    # Leaving without these has crashed at exit ("terminate called without an active exception").
-    dist.barrier()
+    else:
+        dist.barrier()
+    # Leaving without this has crashed at exit ("terminate called without an active exception").
     dist.destroy_process_group()
     return code
 

@@ -218,7 +218,7 @@ def test_damaged_latest_falls_back_under_auto_and_is_named_otherwise(corpus, tmp
     assert (f"checkpoint {ckpt / 'step00000002'} is damaged: {states[1]} has 1000 bytes") in proc.stderr
     assert f"the previous checkpoint is {ckpt / 'step00000001'}" in proc.stderr
 
-    proc = run_training(run, corpus, "train.max_steps=3", *QUIET)  # train.resume=auto
+    proc = run_training(run, corpus, "train.max_steps=3", "checkpoint.interval=1", *QUIET)  # resume=auto
     log = proc.stdout + proc.stderr
     assert f"Falling back to {ckpt / 'step00000001'} (train.resume=auto)" in log
     assert f"resumed from {ckpt / 'step00000001'}" in log
