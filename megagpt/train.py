@@ -387,10 +387,12 @@ def resolve_resume(cfg: RunConfig) -> Path | None:
     if found and (path is None or path.resolve().parent != folder.resolve()):
         # Its checkpoints would interleave with this run's, and keep_last, pruning by step number,
         # would delete whichever run's are older.
+        resume = (f"write the name of the one to continue from into {folder / checkpoint.LATEST}"
+                  if mode == "auto" else "continue that run with train.resume=auto")
         raise ConfigError(
             f"checkpoint.dir={folder} already holds another run's checkpoints ({found[0].name} to "
-            f"{found[-1].name}); train.resume={mode} would mix this run's with them: continue that run "
-            "with train.resume=auto, or start this one in a new log.dir (or checkpoint.dir)"
+            f"{found[-1].name}); train.resume={mode} would mix this run's with them: {resume}, or start "
+            "this one in a new log.dir (or checkpoint.dir)"
         )
     return path if path is None else verified(path, fallback=mode == "auto")
 
