@@ -74,7 +74,7 @@ def test_corrupt_weights_are_named(model_folder, capsys):
     data = bytearray(weights.read_bytes())
     data[-4:] = b"\x00\x00\xc0\x7f"  # the last float becomes NaN: still loads, silently wrong
     weights.write_bytes(bytes(data))
-    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"{weights} does not match its sha256 in "
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"{weights} does not match its checksum in "
                                                            "checksums.json"):
         checkpoint.load_pretrained(model_folder, device="cpu")
     weights.write_bytes(bytes(data[:-100]))

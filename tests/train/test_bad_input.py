@@ -89,7 +89,7 @@ def test_damaged_checkpoint_files_are_named_with_the_previous_checkpoint(tmp_pat
         checkpoint.verify(newest)
 
     weights.write_bytes(data[:100] + b"\xff" + data[101:])  # same size, one byte changed
-    with pytest.raises(DamagedCheckpoint, match=f"{weights} does not match its sha256 in checksums.json"):
+    with pytest.raises(DamagedCheckpoint, match=f"{weights} does not match its checksum in checksums.json"):
         checkpoint.verify(newest)
 
     weights.unlink()
