@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -349,7 +348,8 @@ def _check_weights_fit(model: GPT, state: dict[str, torch.Tensor], folder: Path)
     wrong = [f"{name} is {got[name]} in the weights but {shape} by the config"
              for name, shape in expected.items() if name in got and got[name] != shape]
     wrong += [f"{name} is missing from the weights" for name in expected.keys() - got.keys()]
-    wrong += [f"the weights hold {name}, which the config has no place for" for name in got.keys() - expected]
+    wrong += [f"the weights hold {name}, which the config has no place for"
+              for name in got.keys() - expected.keys()]
     if wrong:
         c = model.config
         raise CheckpointError(
@@ -487,7 +487,7 @@ def replacing_folder(out: Path, force: bool = False) -> Iterator[Path]:
     is removed and `out` is as it was. A non-empty `out` is refused unless `force`.
 
     The swap is two renames (old aside, new in): a crash between them leaves both folders on disk,
-    the old one as .NAME.old-*, never a half-written `out`."""
+    the old one as .NAME.old-PID, never a half-written `out`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file, not a folder: choose another output folder")
@@ -495,18 +495,21 @@ def replacing_folder(out: Path, force: bool = False) -> Iterator[Path]:
         raise CheckpointError(f"{out} is not empty: choose a new folder, or pass --force to replace it "
                               "(the new one is written beside it and swapped in only when complete)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # Named by process, made with the umask's permissions (tempfile's would make the result 0700).
+    tmp, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    for stale in (tmp, old):  # left by a process of the same id that crashed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    replaced = out.exists()
+    if replaced:
         os.replace(out, old)
     os.replace(tmp, out)
-    if old is not None:
+    if replaced:
         shutil.rmtree(old)
 
 

@@ -454,12 +454,14 @@ def check_skippable(cfg: RunConfig, engine: deepspeed.DeepSpeedEngine, step: int
     t = cfg.train
     if t.on_nonfinite == "skip" and not engine.was_step_applied():
         return
-    why = ("DeepSpeed applied its update anyway (its gradients were finite), so it cannot be undone"
-           if t.on_nonfinite == "skip" else "training diverged")
+    if t.on_nonfinite == "skip":
+        why, skip = "DeepSpeed applied its update (its gradients were finite), so it cannot be skipped", ""
+    else:
+        why, skip = "training diverged", ", or set train.on_nonfinite=skip to skip such steps"
     raise Diverged(
         f"step {step}: {problem}: {why}. The run stops without saving this step; the checkpoints in "
         f"{cfg.checkpoint_dir} are as they were. Lower train.lr (now {t.lr}) or raise train.warmup_steps "
-        "and resume, or set train.on_nonfinite=skip to skip such steps"
+        f"and resume{skip}"
     )
 
 
