@@ -131,6 +131,18 @@ def test_fresh_run_into_another_runs_checkpoints_is_refused(short_run, corpus, t
 
 
 @pytest.mark.slow
+def test_an_empty_latest_is_named_with_the_checkpoint_to_write_into_it(short_run, corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    (run / "checkpoints" / "latest").write_text("")
+    proc = train_alone(run, corpus, "train.max_steps=3")
+    assert proc.returncode == 2
+    assert (f"{run / 'checkpoints' / 'latest'} holds '', not a checkpoint name like step00000050: write the "
+            "name of the newest good one (step00000002) into it") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_resuming_with_another_model_shape_names_both_values(short_run, corpus, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(short_run, run)
