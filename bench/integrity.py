@@ -5,10 +5,11 @@ against saving and loading the checkpoint.
 
 Shard: one webdataset shard of --tokens uint16 tokens in 1,000-token documents, read the way
 megagpt.data reads it (read_shard: parse the tar, load every document), without and with the
-manifest's sha256 (which reads the file into memory, hashes it, then parses from memory), and
-the sha256 of the bytes alone. Checkpoint: a state of --params fp32 weights plus Adam's two
-moments, as the portable file of a checkpoint holds them, saved with torch.save then hashed
-(checkpoint.write_checksums, xxh3-128), verified (checkpoint.verify) and loaded (torch.load).
+manifest's sha256 (which reads the file into memory, hashes it, then parses from memory); also
+the sha256 of the bytes alone and the out-of-vocabulary check (the largest id). Checkpoint: a
+state of --params fp32 weights plus Adam's two moments, as the portable file of a checkpoint
+holds them, saved with torch.save then hashed (checkpoint.write_checksums, xxh3-128), verified
+(checkpoint.verify) and loaded (torch.load).
 All files are in the page cache, which is the case at save (just written) and the worst case for
 the relative cost of the hash (no disk to wait for). The best of --repeat runs is kept.
 """
@@ -58,8 +59,10 @@ def shard_costs(folder: Path, tokens: int, repeat: int) -> dict[str, float]:
     checked = best(repeat, lambda: read(shard["sha256"]))
     data = path.read_bytes()
     hash_alone = best(repeat, lambda: hashlib.sha256(data).hexdigest())
+    docs = [t for _, t, _ in read_shard(path)]
+    vocab = best(repeat, lambda: max(int(d.max()) for d in docs))  # megagpt.data's id range check
     return {"shard_mb": len(data) / 1e6, "read_s": plain, "read_and_verify_s": checked,
-            "sha256_alone_s": hash_alone, "overhead": checked / plain - 1}
+            "sha256_alone_s": hash_alone, "vocab_check_s": vocab, "overhead": checked / plain - 1}
 
 
 def checkpoint_costs(folder: Path, params: int, repeat: int) -> dict[str, float]:
@@ -89,6 +92,8 @@ def main() -> None:
     rows = [("shard: read vs sha256 alone", shard["shard_mb"], shard["read_s"], shard["sha256_alone_s"]),
             ("shard: read vs read + sha256 - read", shard["shard_mb"], shard["read_s"],
              shard["read_and_verify_s"] - shard["read_s"]),
+            ("shard: read vs token id range check", shard["shard_mb"], shard["read_s"],
+             shard["vocab_check_s"]),
             ("checkpoint: torch.save vs xxh3 checksums", ckpt["checkpoint_mb"], ckpt["save_s"],
              ckpt["checksums_s"]),
             ("checkpoint: torch.load vs xxh3 verify", ckpt["checkpoint_mb"], ckpt["load_s"],
