@@ -240,7 +240,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix that line") from None
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix the file there") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
@@ -261,10 +261,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
-    """PyYAML's message on one line, with the (1-based) line and column where it gave up."""
-    mark = getattr(error, "problem_mark", None)
+    """PyYAML's message on one line: where it gave up and, as an unclosed bracket is found only at
+    the end of the file, where what it was reading began (lines and columns 1-based)."""
     problem = getattr(error, "problem", None) or str(error).replace("\n", " ")
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+    mark, context, start = (getattr(error, key, None) for key in ("problem_mark", "context", "context_mark"))
+    if mark:
+        problem += f" at line {mark.line + 1}, column {mark.column + 1}"
+    if context and start:
+        problem += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return problem
 
 
 def _build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
