@@ -9,7 +9,13 @@ new layout (DeepSpeed's universal checkpoint and torchtitan's DCP resharding do 
 `step00000050.tmp/` and renamed only once all ranks have finished, and `latest` is replaced
 atomically after that: a crash while saving leaves the previous checkpoint in charge, and the next
 save removes the partial `.tmp` folder. Only the newest `keep_last` published checkpoints stay, plus
-the one the run resumed from.
+the one the run resumed from and the one `latest` names.
+
+`checksums.json` records the size and xxh3-128 hash of every file, hashed at save by all ranks
+(each a share of the files), and verify() checks them before a resume: a truncated or overwritten
+file is named, with the previous checkpoint to fall back to, instead of failing deep inside torch.
+xxh3 rather than sha256: the checks guard against damage, not forgery, and xxh3 hashes about 6x
+faster (bench/integrity.py), which matters when every save and resume reads the whole state back.
 
 Every checkpoint is self-describing: `model_config.json` and the tokenizer's file(s) sit beside the
 shards, so evaluation, generation, fine-tuning and export need nothing but the folder. A *model
@@ -20,17 +26,20 @@ folder* (written by `megagpt.convert from-hf` and `megagpt.finetune`) has the sa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
 import torch.distributed as dist
+import xxhash
 import yaml
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import (
@@ -53,6 +62,15 @@ MODEL_CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
 PORTABLE = "portable"
 MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam's state besides the step count
+CHECKSUMS = "checksums.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model folder that cannot be used as asked; the message names the file and the fix."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A file of a checkpoint is missing, truncated or altered since it was saved."""
 
 
 def tag_for(step: int) -> str:
@@ -64,8 +82,8 @@ def save(engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path, step: 
          keep_last: int = 0, keep: Path | None = None) -> Path:
     """Write the checkpoint of `step` on all ranks; returns its published folder.
 
-    Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and `keep`
-    (the checkpoint the run resumed from) is never deleted.
+    Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and neither
+    `keep` (the checkpoint the run resumed from) nor the one just written is deleted.
     """
     tag = tag_for(step)
     tmp_tag = f"{tag}.tmp"
@@ -80,6 +98,7 @@ def save(engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path, step: 
     if rank == 0:
         write_description(folder / tmp_tag, model_config, tokenizer)
     dist.barrier()
+    write_checksums(folder / tmp_tag, rank, dist.get_world_size())
     final = folder / tag
     if rank == 0:
         if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
@@ -99,8 +118,10 @@ def published(folder: Path) -> list[Path]:
 
 
 def prune(folder: Path, keep_last: int, keep: Path | None = None) -> list[Path]:
-    """Delete all but the newest `keep_last` published checkpoints, never `keep`; returns the deleted."""
-    protected = {keep.resolve()} if keep is not None else set()
+    """Delete all but the newest `keep_last` published checkpoints, never `keep` nor the one `latest`
+    names (which "newest" by step number can miss when the folder holds a longer run's checkpoints);
+    returns the deleted."""
+    protected = {p.resolve() for p in (keep, _named_by_latest(folder)) if p is not None}
     doomed = [p for p in published(folder)[:-keep_last] if p.resolve() not in protected]
     for path in doomed:
         shutil.rmtree(path)
@@ -112,12 +133,98 @@ def latest(folder: Path) -> Path | None:
     pointer = folder / LATEST
     if not pointer.is_file():
         return None
-    path = folder / pointer.read_text().strip()
+    name = pointer.read_text().strip()
+    if not TAG.fullmatch(name):
+        found = published(folder)
+        fix = (f"write the name of the newest good one ({found[-1].name}) into it" if found
+               else "no checkpoint is here: delete it")
+        raise CheckpointError(f"{pointer} holds {name!r}, not a checkpoint name like step00000050: {fix}")
+    path = folder / name
     if not path.is_dir():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{pointer} names {path.name}, which is missing: restore it or delete {pointer}"
         )
     return path
+
+
+def _named_by_latest(folder: Path) -> Path | None:
+    try:
+        return latest(folder)
+    except CheckpointError:
+        return None
+
+
+def previous(path: Path) -> Path | None:
+    """The published checkpoint saved before `path` in its folder, if any."""
+    earlier = [p for p in published(path.parent) if p.name < path.name]
+    return earlier[-1] if earlier else None
+
+
+def write_checksums(path: Path, rank: int = 0, world: int = 1) -> None:
+    """Record size and xxh3-128 hash of every file under `path` in checksums.json. With world > 1 a
+    collective: each rank hashes a share of the files (reading back what was just written, from
+    the page cache) and rank 0 writes the merged list."""
+    names = _files(path)
+    mine = {name: _digest(path / name) for name in names[rank::world]}
+    shares = [mine]
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, mine)
+    if rank == 0:
+        merged = {name: entry for share in shares for name, entry in share.items()}
+        (path / CHECKSUMS).write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
+
+
+def verify(path: Path, names: list[str] | None = None, rank: int = 0, world: int = 1) -> None:
+    """Raise DamagedCheckpoint naming the first file of `path` (of `names`, when given) that is
+    missing or differs from checksums.json, and the checkpoint to use instead. Folders written before
+    checksums existed pass unchecked. With world > 1 a collective: each rank checks a share and all
+    raise the same error."""
+    record = path / CHECKSUMS
+    if not record.is_file():
+        return
+    try:
+        expected = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems = [f"{record} is unreadable ({e})"]
+    else:
+        wanted = sorted(expected) if names is None else names
+        problems = [p for name in wanted[rank::world] if (p := _problem(path / name, expected.get(name)))]
+    if world > 1:
+        shares: list[list[str] | None] = [None] * world
+        dist.all_gather_object(shares, problems)
+        problems = [p for share in shares for p in share]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        before = previous(path)
+        fix = (f"the previous checkpoint is {before}: resume from it with train.resume={before} "
+               "(train.resume=auto falls back to it by itself)" if before is not None
+               else "no earlier checkpoint is in its folder: start again in a new log.dir")
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged: {problems[0]}{more}; {fix}")
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f.name != CHECKSUMS)
+
+
+def _digest(file: Path) -> dict[str, Any]:
+    with file.open("rb") as f:
+        digest = hashlib.file_digest(f, xxhash.xxh3_128).hexdigest()
+        return {"bytes": os.fstat(f.fileno()).st_size, "xxh3_128": digest}
+
+
+def _problem(file: Path, expected: dict[str, Any] | None) -> str | None:
+    """What is wrong with `file` against its checksums.json entry, or None when nothing is."""
+    if expected is None:
+        return f"{file} is not listed in {CHECKSUMS}"
+    if not file.is_file():
+        return f"{file} is missing"
+    size = file.stat().st_size
+    if size != expected["bytes"]:
+        return f"{file} has {size} bytes, {expected['bytes']} when saved (truncated or overwritten)"
+    if _digest(file)["xxh3_128"] != expected["xxh3_128"]:
+        return f"{file} does not match its checksum in {CHECKSUMS} (overwritten since it was saved)"
+    return None
 
 
 def saved_layout(path: Path) -> Layout | None:
@@ -159,6 +266,7 @@ def save_model(folder: Path, state: dict[str, torch.Tensor], model_config: Model
     state = {k: v.detach().float().contiguous() for k, v in state.items() if k != "lm_head.weight"}
     write_description(folder, model_config, tokenizer)
     save_file(state, str(folder / WEIGHTS))
+    write_checksums(folder)
 
 
 def resolve(path: str | Path) -> Path:
@@ -179,8 +287,10 @@ def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Te
     files), or of a model folder, keyed like GPT.state_dict() (lm_head.weight is the tied wte)."""
     folder = resolve(checkpoint_folder)
     if (folder / WEIGHTS).is_file():
+        verify(folder, [WEIGHTS])
         state = load_file(str(folder / WEIGHTS))
     elif (folder / PORTABLE).is_dir():
+        verify(folder, [str(f.relative_to(folder)) for f in _portable_files(folder)])
         state = {name: states["param"] for name, states in _read_portable(folder)[0].items()}
     else:
         raise FileNotFoundError(
@@ -225,8 +335,29 @@ def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | 
     the device, from any checkpoint or model folder."""
     device = torch.device(device or get_accelerator().device_name())
     model = GPT(read_model_config(checkpoint_folder))
-    model.load_state_dict(consolidated_state_dict(checkpoint_folder))
+    state = consolidated_state_dict(checkpoint_folder)
+    _check_weights_fit(model, state, resolve(checkpoint_folder))
+    model.load_state_dict(state)
     return model.to(device).eval(), find_tokenizer(checkpoint_folder), device
+
+
+def _check_weights_fit(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Refuse weights whose names or shapes are not those model_config.json describes, naming both."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in state.items()}
+    wrong = [f"{name} is {got[name]} in the weights but {shape} by the config"
+             for name, shape in expected.items() if name in got and got[name] != shape]
+    wrong += [f"{name} is missing from the weights" for name in expected.keys() - got.keys()]
+    wrong += [f"the weights hold {name}, which the config has no place for"
+              for name in got.keys() - expected.keys()]
+    if wrong:
+        c = model.config
+        raise CheckpointError(
+            f"{folder / MODEL_CONFIG} (n_layer={c.n_layer}, n_embd={c.n_embd}, vocab_size={c.vocab_size}, "
+            f"block_size={c.block_size}) disagrees with the weights in {folder}: {wrong[0]}"
+            f"{f' (and {len(wrong) - 1} more)' if len(wrong) > 1 else ''}; "
+            f"fix {MODEL_CONFIG} to describe the weights, or export the model again"
+        )
 
 
 def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
@@ -261,8 +392,12 @@ def _save_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path
         (path / "layout.json").write_text(json.dumps(topo.layout.__dict__))
 
 
+def _portable_files(path: Path) -> list[Path]:
+    return sorted((path / PORTABLE).glob("stage*.pt"))
+
+
 def _read_portable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    files = sorted((path / PORTABLE).glob("stage*.pt"))
+    files = _portable_files(path)
     if not files:
         raise FileNotFoundError(f"{path / PORTABLE} holds no stage files: not a megagpt checkpoint folder")
     states: dict[str, dict[str, torch.Tensor]] = {}
@@ -344,6 +479,38 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
     if "accelerator" in state:
         get_accelerator().set_rng_state(state["accelerator"])
+
+
+@contextmanager
+def replacing_folder(out: Path, force: bool = False) -> Iterator[Path]:
+    """A temporary sibling of `out` to write into; on success it takes `out`'s place, on failure it
+    is removed and `out` is as it was. A non-empty `out` is refused unless `force`.
+
+    The swap is two renames (old aside, new in): a crash between them leaves both folders on disk,
+    the old one as .NAME.old-PID, never a half-written `out`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} is a file, not a folder: choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CheckpointError(f"{out} is not empty: choose a new folder, or pass --force to replace it "
+                              "(the new one is written beside it and swapped in only when complete)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Named by process, made with the umask's permissions (tempfile's would make the result 0700).
+    tmp, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("tmp", "old"))
+    for stale in (tmp, old):  # left by a process of the same id that crashed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replaced = out.exists()
+    if replaced:
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if replaced:
+        shutil.rmtree(old)
 
 
 def _write_atomic(path: Path, text: str) -> None:

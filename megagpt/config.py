@@ -107,6 +107,9 @@ class TrainConfig:
     micro_batch_size: int = 8
     grad_accum: int = 1
     resume: str = "auto"  # "auto": latest checkpoint in checkpoint.dir if any; "never"; or a path
+    # A step whose loss or gradient norm is not finite: "stop" ends the run before anything is saved;
+    # "skip" leaves the weights as they were (DeepSpeed does not apply the update) and counts it.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass
@@ -202,6 +205,12 @@ class RunConfig:
             )
         if self.train.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.train.lr}")
+        sampling = {"sample.max_new_tokens": self.sample.max_new_tokens,
+                    "sample.temperature": self.sample.temperature, "sample.top_k": self.sample.top_k}
+        for key, value in sampling.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be 0 or positive, got {value} (0 turns it off; "
+                                  "temperature 0 is greedy)")
         for task in self.eval.tasks:
             name, _, path = task.partition(":")
             if name not in EVAL_TASKS or name == "choice" and not path:
@@ -228,7 +237,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; the presets are in configs/")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}; fix the file there") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
@@ -239,9 +251,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"section {section!r} must be a mapping")
-        raw[section][name] = yaml.safe_load(value) if value else ""
+        try:
+            raw[section][name] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r} is not a valid YAML value: {_yaml_problem(e)}; "
+                              "quote it if it is a string") from None
     where = " + ".join(([str(path)] if path else []) + (["command-line overrides"] if overrides else []))
     return _build(RunConfig, raw, where=where or "defaults")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where it gave up and, as an unclosed bracket is found only at
+    the end of the file, where what it was reading began (lines and columns 1-based)."""
+    problem = getattr(error, "problem", None) or str(error).replace("\n", " ")
+    mark, context, start = (getattr(error, key, None) for key in ("problem_mark", "context", "context_mark"))
+    if mark:
+        problem += f" at line {mark.line + 1}, column {mark.column + 1}"
+    if context and start:
+        problem += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return problem
 
 
 def _build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
@@ -284,9 +312,14 @@ def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
         return [_coerce(item_type, v, key, where) for v in value]
     if hint is float and not isinstance(value, bool):
         try:  # YAML reads 3e-4 (no dot) as a string
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             pass
+        else:
+            # float() also reads "nan" and "inf", which no setting means and which fail late, in torch.
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={value!r} in {where} is not a finite number; give a real value")
+            return number
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):

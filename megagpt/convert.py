@@ -7,7 +7,8 @@
 tokenizer as `AutoTokenizer` loads it (GPT-2's BPE, or megagpt's sentencepiece BPE rebuilt as a
 `tokenizers` pipeline giving the same ids), so the folder is all `lm_eval --model hf` needs.
 `from-hf` writes a megagpt model folder (see megagpt/checkpoint.py) that every megagpt command
-accepts. Nothing is downloaded.
+accepts. Nothing is downloaded. Both refuse an output folder that is not empty unless given --force,
+and write into a temporary sibling that replaces it only once complete.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from megagpt.checkpoint import load_pretrained, save_model
+from megagpt.checkpoint import load_pretrained, replacing_folder, save_model
 from megagpt.model import GPT
 from megagpt.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
 
@@ -55,10 +56,15 @@ def sentencepiece_to_hf(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=eos, eos_token=eos, unk_token=unk)
 
 
-def to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def to_hf(checkpoint: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    with replacing_folder(Path(out_dir), force) as out:
+        _write_hf(checkpoint, out)
+    return Path(out_dir)
+
+
+def _write_hf(checkpoint: str | Path, out: Path) -> None:
     model, tokenizer, _ = load_pretrained(checkpoint, device="cpu")
     hf = model.to_hf(eos_token_id=tokenizer.eos_id)
-    out = Path(out_dir)
     hf.save_pretrained(out)
     if isinstance(tokenizer, GPT2Tokenizer):
         from transformers import GPT2TokenizerFast
@@ -71,19 +77,19 @@ def to_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         sentencepiece_to_hf(tokenizer).save_pretrained(out)
         for src, name in tokenizer.files().items():  # megagpt reads the sentencepiece model itself
             shutil.copyfile(src, out / name)
-    return out
 
 
-def from_hf(hf_dir: str | Path, out: str | Path) -> Path:
+def from_hf(hf_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     from transformers import GPT2LMHeadModel
 
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir} has no config.json: pass a local save_pretrained folder")
     tokenizer = load_tokenizer(hf_dir)  # before the weights: fail fast on a folder without one
-    hf = GPT2LMHeadModel.from_pretrained(hf_dir, local_files_only=True)
-    model = GPT.from_hf(hf)
-    save_model(Path(out), model.state_dict(), model.config, tokenizer)
+    with replacing_folder(Path(out), force) as tmp:
+        hf = GPT2LMHeadModel.from_pretrained(hf_dir, local_files_only=True)
+        model = GPT.from_hf(hf)
+        save_model(tmp, model.state_dict(), model.config, tokenizer)
     return Path(out)
 
 
@@ -96,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("from-hf", help="transformers GPT-2 folder -> megagpt model folder")
     b.add_argument("hf_dir")
     b.add_argument("out")
+    for sub_parser in (a, b):
+        sub_parser.add_argument("--force", action="store_true",
+                                help="replace a non-empty output folder (only once the new one is complete)")
     args = p.parse_args(argv)
     try:
         if args.command == "to-hf":
-            out = to_hf(args.checkpoint, args.out_dir)
+            out = to_hf(args.checkpoint, args.out_dir, args.force)
         else:
-            out = from_hf(args.hf_dir, args.out)
+            out = from_hf(args.hf_dir, args.out, args.force)
     except (FileNotFoundError, ValueError) as e:
         print(f"megagpt.convert: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ the cursors follow from counting the draws before it.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -31,7 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.shards import ShardError, read_manifest, read_shard
+from megagpt.tokenizer import Tokenizer
+from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
+
+log = logging.getLogger("megagpt.data")
 
 
 @dataclass
@@ -59,6 +63,22 @@ class ShardDataset:
         self.tokenizer_sha256: str = tokenizer["sha256"]
         self.tokenizer_path = self.folder / tokenizer["file"]
         self.vocab_size: int = tokenizer["vocab_size"]
+        unchecked = [s["name"] for s in self.shards if "sha256" not in s]
+        if unchecked:
+            log.warning("%s lists no sha256 for %d shard(s) (built before shards had checksums): they "
+                        "are read unverified; rebuild the folder to have them checked",
+                        self.folder / MANIFEST_NAME, len(unchecked))
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The tokenizer file beside the shards, refused unless it is the one they were built with."""
+        tokenizer = Tokenizer.load(self.tokenizer_path)
+        if tokenizer.sha256 != self.tokenizer_sha256:
+            raise ShardError(
+                f"{self.tokenizer_path} is not the tokenizer {self.folder / MANIFEST_NAME} was built with "
+                f"(sha256 {tokenizer.sha256[:12]}..., the manifest says {self.tokenizer_sha256[:12]}...): "
+                "put the build's tokenizer back, or rebuild the shards with this one"
+            )
+        return tokenizer
 
     @property
     def windows_per_epoch(self) -> int:
@@ -86,13 +106,21 @@ class ShardDataset:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
 
     def _shard_stream(self, index: int, epoch: int) -> np.ndarray:
-        path = self.folder / self.shards[index]["name"]
-        docs = [tokens for _, tokens, _ in read_shard(path)]
+        shard = self.shards[index]
+        path = self.folder / shard["name"]
+        docs = [tokens for _, tokens, _ in read_shard(path, shard.get("sha256"))]
         count = sum(len(d) for d in docs)
-        if count != self.shards[index]["tokens"]:
+        if count != shard["tokens"]:
             raise ShardError(
-                f"{path} holds {count} tokens but {self.folder / 'manifest.json'} says "
-                f"{self.shards[index]['tokens']}; the folder is inconsistent: rebuild it"
+                f"{path} holds {count} tokens but {self.folder / MANIFEST_NAME} says "
+                f"{shard['tokens']}; the folder is inconsistent: rebuild it"
+            )
+        # An id past the vocabulary would index past the embedding, far from here and unnamed.
+        top = max((int(d.max()) for d in docs if len(d)), default=-1)
+        if top >= self.vocab_size:
+            raise ShardError(
+                f"{path} holds token id {top}, outside the vocabulary of {self.vocab_size} of "
+                f"{self.tokenizer_path}: the shard is damaged or from another tokenizer; rebuild the folder"
             )
         order = np.random.default_rng([self.seed, epoch, index]).permutation(len(docs))
         return np.concatenate([docs[j] for j in order]).astype(np.int64) if docs else np.empty(0, np.int64)
@@ -128,6 +156,9 @@ class MixtureDataset:
     @property
     def windows_per_epoch(self) -> int:
         return sum(d.windows_per_epoch for d in self.datasets)
+
+    def load_tokenizer(self) -> Tokenizer:
+        return self.datasets[0].load_tokenizer()  # all were built with it (checked above)
 
     def choices(self, epoch: int) -> np.ndarray:
         """Which corpus each window of `epoch` comes from."""

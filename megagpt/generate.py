@@ -11,6 +11,7 @@ slides: every step then recomputes the last block_size tokens, as the uncached p
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -53,6 +54,7 @@ def generate(
     """
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token (start it with the end-of-text token)")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     if not use_cache:  # the reference path: one row at a time, the whole window every step
         return [_generate_uncached(model, p, max_new_tokens, temperature, top_k, top_p, eos_id,
                                    generator, device) for p in prompts]
@@ -80,6 +82,23 @@ def generate(
                 break
     out = torch.stack(new, 1).tolist() if new else [[] for _ in prompts]
     return [row[: row.index(eos_id)] if eos_id in row else row for row in out]
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None, names: dict[str, str] | None = None) -> None:
+    """Refuse settings that would sample nonsense, naming the option (`names` maps the parameter
+    to what the caller calls it, e.g. the command line's --max-new)."""
+    names = {"max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_k": "top_k",
+             "top_p": "top_p", **(names or {})}
+    if max_new_tokens < 0:
+        raise ValueError(f"{names['max_new_tokens']} must be 0 or more new tokens, got {max_new_tokens}")
+    if not temperature >= 0 or math.isinf(temperature):  # `not >=` also catches NaN
+        raise ValueError(f"{names['temperature']} must be a finite number >= 0 (0 is greedy), "
+                         f"got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"{names['top_k']} must be positive (or 0 / unset for no limit), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"{names['top_p']} must lie in (0, 1], got {top_p}")
 
 
 def _generate_uncached(model: nn.Module, prompt: list[int], max_new_tokens: int, temperature: float,
@@ -128,7 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     args = p.parse_args(argv)
-    model, tokenizer, device = load_pretrained(args.checkpoint)
+    try:  # before loading the model: a typo costs nothing
+        check_sampling(args.max_new, args.temperature, args.top_k, args.top_p,
+                       {"max_new_tokens": "--max-new", "temperature": "--temperature", "top_k": "--top-k",
+                        "top_p": "--top-p"})
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        model, tokenizer, device = load_pretrained(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"megagpt.generate: {e}", file=sys.stderr)
+        return 2
     prompts = [tokenizer.encode(text) or [tokenizer.eos_id] for text in args.prompt]
     outs = generate(model, prompts, args.max_new, args.temperature, args.top_k, args.top_p,
                     tokenizer.eos_id, torch.Generator().manual_seed(args.seed), device,

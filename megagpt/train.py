@@ -8,6 +8,12 @@
 The loop is nanoGPT's; DeepSpeed owns the optimizer, ZeRO sharding, gradient accumulation and
 clipping. The run directory (log.dir) receives the resolved config, metrics.jsonl and TensorBoard
 events; checkpoints go to checkpoint.dir.
+
+Before any compute the run checks what it will need: both folders writable, the shard folder's
+tokenizer the one its manifest names, the checkpoint to resume from intact (train.resume=auto falls
+back to the one before a damaged one) and of this model's shape, and no other run's checkpoints in
+checkpoint.dir for a fresh start. A step whose loss or gradient norm is not finite ends the run
+before it saves anything (exit 1), or with train.on_nonfinite=skip is skipped and counted.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ if __package__ in (None, ""):  # started as a file by a launcher: import the pac
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
+import tempfile
 import time
 import warnings
 from datetime import timedelta
@@ -36,8 +44,9 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.pipe.engine import PipelineEngine
 
 from megagpt import checkpoint, preemption
-from megagpt.config import ConfigError, RunConfig, load_config
-from megagpt.data import DataState, RankBatches, ShardDataset, open_dataset
+from megagpt.checkpoint import CheckpointError, DamagedCheckpoint
+from megagpt.config import ConfigError, ModelConfig, RunConfig, load_config
+from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
 from megagpt.deepspeed_config import build_ds_config
 from megagpt.evaluate import run_task
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
@@ -49,8 +58,14 @@ from megagpt.parallel.pipeline import pipeline_gpt
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology, plan_layout
 from megagpt.tokenizer import Tokenizer
+from pipelines.shards import ShardError
 
 log = logging.getLogger("megagpt.train")
+DIVERGED_EXIT_CODE = 1
+
+
+class Diverged(RuntimeError):
+    """A step's loss or gradient norm was not finite and train.on_nonfinite does not allow skipping it."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -215,12 +230,16 @@ def train(cfg: RunConfig) -> int:
     on_gpu = get_accelerator().device_name() != "cpu"
     log.info("layout: %s | %s", layout.describe(cfg, on_gpu), get_accelerator().device_name())
     run_dir = Path(cfg.log.dir)
+    check_writable(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None
     if cfg.data.valid_path:
         valid_data = ShardDataset(cfg.data.valid_path, cfg.model.block_size, cfg.train.seed)
     check_data(cfg, train_data, valid_data)
-    tokenizer = Tokenizer.load(train_data.tokenizer_path)
+    tokenizer = train_data.load_tokenizer()
+    resume_from = resolve_resume(cfg)
+    if resume_from is not None:
+        check_resumable(cfg, resume_from, train_data)
 
     topo = Topology(layout)
     engine, filled = build_engine(cfg, topo)
@@ -228,16 +247,13 @@ def train(cfg: RunConfig) -> int:
     global_batch = t.micro_batch_size * t.grad_accum * layout.dp
     log.info("ds_config: filled %s", "; ".join(filled))
 
-    state = DataState()
-    resume_from = resolve_resume(cfg)
+    state, skipped = DataState(), 0
     if resume_from is not None:
         if checkpoint.saved_layout(resume_from) not in (None, layout):
             log.info("resuming under another layout than %s's: reading its portable weights and Adam "
                      "state", resume_from.name)
         client = checkpoint.load(engine, topo, resume_from)
-        if client.get("tokenizer_sha256") != train_data.tokenizer_sha256:
-            raise ValueError(f"{resume_from} was trained with another tokenizer than {cfg.data.path}")
-        state = DataState(**client["data"])
+        state, skipped = DataState(**client["data"]), client.get("skipped_steps", 0)
         log.info("resumed from %s at step %d (epoch %d, window %d)", resume_from,
                  engine.global_steps, state.epoch, state.window)
     batches = RankBatches(train_data, t.micro_batch_size, topo.dp_rank, layout.dp, state)
@@ -251,24 +267,37 @@ def train(cfg: RunConfig) -> int:
     flops_per_token = training_flops_per_token(cfg.model)
     peak = device_peak_flops(accelerator_name())
     loss_sum, steps_in_interval, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+    finite_in_interval = 0
 
     while engine.global_steps < t.max_steps:
         lr = engine.get_lr()[0]  # the rate this step uses; the engine advances it in step()
-        loss_sum += train_step(engine, batches, t.grad_accum)
+        loss = train_step(engine, batches, t.grad_accum)
         step = engine.global_steps
         steps_in_interval += 1
+        problem = nonfinite(engine, loss)
+        if problem is None:
+            loss_sum += loss
+            finite_in_interval += 1
+        else:
+            check_skippable(cfg, engine, step, problem)
+            skipped += 1
+            log.warning("step %d: %s; skipped (train.on_nonfinite=skip): the weights are unchanged, "
+                        "%d step(s) skipped in this run", step, problem, skipped)
 
         if step % cfg.log.interval == 0 or step == t.max_steps:
             dist.all_reduce(loss_sum)
             elapsed = time.perf_counter() - t0
             tokens_per_sec = steps_in_interval * tokens_per_step / elapsed
             values = {
-                "loss": loss_sum.item() / (steps_in_interval * world),
+                # the mean over the interval's steps that were not skipped (NaN when all were)
+                "loss": loss_sum.item() / (finite_in_interval * world) if finite_in_interval else math.nan,
                 "lr": lr,
                 "grad_norm": float(engine.get_global_grad_norm() or float("nan")),
                 "tokens_per_sec": tokens_per_sec,
                 "flops_per_sec_per_device": tokens_per_sec * flops_per_token / world,
             }
+            if t.on_nonfinite == "skip":
+                values["skipped_steps"] = skipped
             utilisation = mfu(tokens_per_sec, flops_per_token, world, peak)
             if utilisation is not None:
                 values["mfu"] = utilisation
@@ -278,7 +307,7 @@ def train(cfg: RunConfig) -> int:
                      f"MFU {utilisation:.1%}" if utilisation is not None
                      else f"{values['flops_per_sec_per_device'] / 1e9:.1f} GFLOP/s a device")
             loss_sum.zero_()
-            steps_in_interval, t0 = 0, time.perf_counter()
+            steps_in_interval, finite_in_interval, t0 = 0, 0, time.perf_counter()
 
         last = step == t.max_steps
         if valid_data is not None and (last or cfg.eval.interval and step % cfg.eval.interval == 0):
@@ -291,7 +320,8 @@ def train(cfg: RunConfig) -> int:
         if stopping:
             stop.ignore_more()
         if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-            client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256}
+            client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256,
+                      "skipped_steps": skipped}
             path = checkpoint.save(engine, topo, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,
                                    cfg.checkpoint.keep_last, keep=resume_from)
             log.info("checkpoint %s", path)
@@ -323,16 +353,116 @@ def check_data(cfg: RunConfig, train_data: ShardDataset, valid_data: ShardDatase
         )
 
 
+def check_writable(cfg: RunConfig) -> None:
+    """Refuse a log.dir or checkpoint.dir that cannot be written, before any compute rather than at
+    the first save. Collective: a failure on any rank is raised on all, none is left waiting."""
+    problems = []
+    for key, folder in (("log.dir", Path(cfg.log.dir)), ("checkpoint.dir", cfg.checkpoint_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            problems.append(f"{key}={folder} is not writable ({e.strerror or e}): choose a folder you "
+                            "can write to, or fix its permissions")
+    shares: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, problems)
+    problems = list(dict.fromkeys(p for share in shares for p in share))  # once, not once a rank
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def resolve_resume(cfg: RunConfig) -> Path | None:
-    mode = cfg.train.resume
-    if mode == "never":
-        return None
+    """The intact checkpoint to resume from (None to start afresh), or an error saying why not."""
+    mode, folder = cfg.train.resume, cfg.checkpoint_dir
     if mode == "auto":
-        return checkpoint.latest(cfg.checkpoint_dir)
-    path = Path(mode)
-    if not path.is_dir():
-        raise ConfigError(f"train.resume={mode}: no such checkpoint folder (or use 'auto' / 'never')")
-    return path
+        path = checkpoint.latest(folder)
+    elif mode == "never":
+        path = None
+    else:
+        path = Path(mode)
+        if not path.is_dir():
+            raise ConfigError(f"train.resume={mode}: no such checkpoint folder (or use 'auto' / 'never')")
+    found = checkpoint.published(folder)
+    if found and (path is None or path.resolve().parent != folder.resolve()):
+        # Its checkpoints would interleave with this run's, and keep_last, pruning by step number,
+        # would delete whichever run's are older.
+        resume = (f"write the name of the one to continue from into {folder / checkpoint.LATEST}"
+                  if mode == "auto" else "continue that run with train.resume=auto")
+        raise ConfigError(
+            f"checkpoint.dir={folder} already holds another run's checkpoints ({found[0].name} to "
+            f"{found[-1].name}); train.resume={mode} would mix this run's with them: {resume}, or start "
+            "this one in a new log.dir (or checkpoint.dir)"
+        )
+    return path if path is None else verified(path, fallback=mode == "auto")
+
+
+def verified(path: Path, fallback: bool) -> Path:
+    """`path` if all its files match their checksums, else (with `fallback`) the newest earlier
+    checkpoint that does, with a warning."""
+    while True:
+        try:
+            checkpoint.verify(path, rank=dist.get_rank(), world=dist.get_world_size())
+            return path
+        except DamagedCheckpoint as e:
+            before = checkpoint.previous(path)
+            if not fallback or before is None:
+                raise
+            log.warning("%s. Falling back to %s (train.resume=auto)", e, before)
+            path = before
+
+
+def check_resumable(cfg: RunConfig, path: Path, train_data: ShardDataset | MixtureDataset) -> None:
+    """Refuse a checkpoint of another model shape or tokenizer than this run's, naming both."""
+    saved = checkpoint.read_model_config(path)
+    # Dropout changes no tensor, so it may differ; every other field shapes the weights.
+    differ = [f.name for f in dataclasses.fields(ModelConfig)
+              if f.name != "dropout" and getattr(saved, f.name) != getattr(cfg.model, f.name)]
+    if differ:
+        raise ConfigError(
+            f"{path} was saved with {', '.join(f'model.{k}={getattr(saved, k)}' for k in differ)} but "
+            f"this run has {', '.join(f'model.{k}={getattr(cfg.model, k)}' for k in differ)}: resume "
+            "with the checkpoint's model settings, or start a new run in another log.dir"
+        )
+    saved_tokenizer = checkpoint.find_tokenizer(path)
+    if saved_tokenizer.sha256 != train_data.tokenizer_sha256:
+        raise ConfigError(
+            f"{path} was trained with another tokenizer ({saved_tokenizer.path}) than {cfg.data.path} "
+            "was built with: resume on the data it was trained on, or start a new run in another log.dir"
+        )
+
+
+def nonfinite(engine: deepspeed.DeepSpeedEngine, loss: torch.Tensor) -> str | None:
+    """What was not finite in the step just taken, the same on every rank; None when all was."""
+    total = loss.detach().clone()
+    dist.all_reduce(total)  # a NaN or inf on any rank reaches all
+    norm = engine.get_global_grad_norm()  # already global
+    problems = []
+    if not math.isfinite(total.item()):
+        problems.append(f"loss {total.item() / dist.get_world_size()}")
+    if norm is not None and not math.isfinite(float(norm)):
+        problems.append(f"grad norm {float(norm)}")
+    if not problems and not engine.was_step_applied():  # DeepSpeed's own overflow check skipped it
+        problems.append("gradients not finite")
+    return " and ".join(problems) or None
+
+
+def check_skippable(cfg: RunConfig, engine: deepspeed.DeepSpeedEngine, step: int, problem: str) -> None:
+    """Raise Diverged unless the non-finite step can be skipped. DeepSpeed's ZeRO optimizers refuse
+    to apply an update whose gradient norm is not finite (they zero the gradients, leave the lr
+    schedule and weights as they were, count engine.skipped_steps): skipping is keeping that."""
+    t = cfg.train
+    if t.on_nonfinite == "skip" and not engine.was_step_applied():
+        return
+    if t.on_nonfinite == "skip":
+        why, skip = "DeepSpeed applied its update (its gradients were finite), so it cannot be skipped", ""
+    else:
+        why, skip = "training diverged", ", or set train.on_nonfinite=skip to skip such steps"
+    raise Diverged(
+        f"step {step}: {problem}: {why}. The run stops without saving this step; the checkpoints in "
+        f"{cfg.checkpoint_dir} are as they were. Lower train.lr (now {t.lr}) or raise train.warmup_steps "
+        f"and resume{skip}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,13 +479,21 @@ def main(argv: list[str] | None = None) -> int:
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-step and config dumps drown ours
     # DeepSpeed 0.19 calls collectives torch 2.13 deprecated; the warning repeats every step.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    # These are raised on every rank alike (the same config and files, or decided collectively).
     try:
         code = train(cfg)
     except ConfigError as e:
         log.error("config error: %s", e)
-        return 2
-    # Leaving without these has crashed at exit ("terminate called without an active exception").
-    dist.barrier()
+        code = 2
+    except (CheckpointError, ShardError) as e:
+        log.error("%s", e)
+        code = 2
+    except Diverged as e:
+        log.error("%s", e)
+        code = DIVERGED_EXIT_CODE
+    else:
+        dist.barrier()
+    # Leaving without this has crashed at exit ("terminate called without an active exception").
     dist.destroy_process_group()
     return code
 

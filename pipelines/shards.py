@@ -4,11 +4,14 @@ A shard folder holds `corpus-000000.tar`, ... and `manifest.json`. Each tar is a
 shard: one sample per document with `__key__`, `tokens.npy` (the document's token ids ending in
 end-of-text; uint16 when the vocabulary fits, else uint32) and `meta.json` (source, url when
 known). The manifest names the tokenizer (file beside it, sha256, vocab size, eos id), the
-shard list with per-shard document and token counts, and the per-stage counts of the build.
+shard list with per-shard document and token counts and the sha256 of each tar file, and the
+per-stage counts of the build. Readers given the sha256 verify it: the reader holds the whole
+file in memory anyway, and hashing it costs little next to reading it (bench/shard_integrity.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -68,6 +71,10 @@ class ShardWriter:
         if self._sink is not None:
             self._sink.close()
             self._sink = None
+            # Read back from the page cache: the checksum is of the bytes that reached the file.
+            shard = self.shards[-1]
+            with (self.out_dir / shard["name"]).open("rb") as f:
+                shard["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
 
     def _open_next(self) -> None:
         self.close()
@@ -77,12 +84,23 @@ class ShardWriter:
         self.shards.append({"name": name, "documents": 0, "tokens": 0})
 
 
-def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-    """Yield (key, tokens, meta) of each document in a shard, naming the file if it is damaged."""
+def read_shard(path: str | Path, sha256: str | None = None
+               ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Yield (key, tokens, meta) of each document in a shard, naming the file if it is damaged.
+
+    With `sha256` (the manifest's) the whole file is read and checked first, so that bytes altered
+    since the build are refused even where they would still parse."""
     path = Path(path)
     fix = "rebuild the folder with python -m pipelines.build"
     try:
-        with tarfile.open(path) as tar:
+        source: dict[str, Any] = {"name": path}
+        if sha256 is not None:
+            raw = path.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != sha256:
+                raise ShardError(f"{path} does not match its sha256 in {path.parent / MANIFEST_NAME}: "
+                                 f"it changed after the build (disk damage, or overwritten); {fix}")
+            source = {"fileobj": io.BytesIO(raw)}
+        with tarfile.open(**source) as tar:
             samples: dict[str, dict[str, bytes]] = {}
             for member in tar:
                 key, _, field = member.name.partition(".")
@@ -94,6 +112,8 @@ def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, An
                     sample = samples.pop(key)
                     tokens = np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
                     yield key, tokens, json.loads(sample["meta.json"])
+    except ShardError:
+        raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
         raise ShardError(f"{path} is damaged ({err}); {fix}") from None
     if samples:

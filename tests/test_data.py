@@ -25,7 +25,8 @@ def write_corpus(folder: Path, n_docs: int = 60, max_shard_tokens: int = 400, se
     (folder / "tokenizer.model").write_bytes(b"not used by the reader")
     write_manifest(folder, {
         "format": "megagpt-shards/1",
-        "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer_sha, "vocab_size": 1024, "eos_id": EOS},
+        # a vocabulary holding every id written (the reader refuses ids past it)
+        "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer_sha, "vocab_size": 2048, "eos_id": EOS},
         "dtype": "uint16", "documents": len(docs), "tokens": int(sum(map(len, docs))),
         "shards": writer.shards, "stages": {},
     })
