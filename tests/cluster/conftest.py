@@ -227,8 +227,11 @@ def slurm() -> Iterator[Slurm]:
         shutil.rmtree(dir, ignore_errors=True)
 
 
-# cluster/gpt2_xl.slurm cut down to this machine: one node, 2 CPU ranks, no GPUs, a tiny model.
+# cluster/gpt2_xl.slurm cut down to this machine: 2 CPU ranks, no GPUs, a tiny model; on one node,
+# or one rank on each of the two.
 TINY_NODE = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15")
+TWO_NODES = ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15")
+HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: per-rank records, a lingering rank
 
 
 def tiny_overrides(corpus: Path, max_steps: int) -> list[str]:
@@ -241,9 +244,14 @@ def tiny_overrides(corpus: Path, max_steps: int) -> list[str]:
     ]
 
 
-def submit_gpt2_xl(slurm: Slurm, corpus: Path, run_dir: Path, max_steps: int, *overrides: str) -> int:
-    """sbatch cluster/gpt2_xl.slurm as a user would, with the run dir and port in the environment."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return slurm.sbatch(*TINY_NODE, f"--output={run_dir}/slurm-%j.out", "cluster/gpt2_xl.slurm",
+def submit_gpt2_xl(slurm: Slurm, corpus: Path, run_dir: Path, max_steps: int, *overrides: str,
+                   layout: tuple[str, ...] = TINY_NODE, env: dict[str, str] | None = None) -> int:
+    """sbatch cluster/gpt2_xl.slurm as a user would, with the run dir and port in the environment.
+
+    Each rank records its node, CPUs and threads in <run dir>/ranks/ at exit (tests/cluster/hooks)."""
+    (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    return slurm.sbatch(*layout, f"--output={run_dir}/slurm-%j.out", "cluster/gpt2_xl.slurm",
                         *tiny_overrides(corpus, max_steps), *overrides,
-                        env={"MEGAGPT_RUN_DIR": str(run_dir), "MASTER_PORT": str(free_port())})
+                        env={"MEGAGPT_RUN_DIR": str(run_dir), "MASTER_PORT": str(free_port()),
+                             "PYTHONPATH": str(HOOKS), "MEGAGPT_TEST_RECORD": str(run_dir / "ranks"),
+                             **(env or {})})
