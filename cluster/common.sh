@@ -110,21 +110,18 @@ PY
 # shellcheck disable=SC2016,SC2034  # expanded per task, not here; used by the sourcing scripts
 RANK_ENV=(bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=${SLURM_STEP_TASKS_PER_NODE%%[(,]*}; exec "$@"' rank)
 
-# Signals. USR1 (--signal=B:USR1@..., or scancel --batch --signal=USR1) reaches the batch shell only:
-# it is passed to the ranks through slurmstepd (scancel --signal=USR1 of the job's steps). TERM
-# (preemption, requeue, scancel, scancel --full --signal=TERM) is delivered to the ranks by
-# slurmstepd itself; the batch shell only notes it: srun turns a TERM it receives into SIGKILL of
-# every task ("srun: forcing job termination"), so it must neither be forwarded nor reach srun.
+# Signals. USR1 (--signal=B:USR1@..., scancel --batch --signal=USR1) reaches the batch shell only;
+# TERM reaches it on preemption, requeue or scancel (with every step: slurmstepd delivers it to the
+# ranks too) and on `scancel --full --signal=TERM` (the batch shell and its children only). The batch
+# shell never forwards a signal to srun, which turns a TERM it receives into SIGKILL of every task
+# ("srun: forcing job termination"): it asks slurmctld to signal the job's steps (scancel without
+# --batch/--full), so slurmstepd delivers the signal to the ranks. A rank takes a second copy as one.
 STOP_SIGNAL=""
 on_signal() {
   # shellcheck disable=SC2034  # read by the sourcing scripts
   STOP_SIGNAL=$1
-  if [ "$1" = USR1 ]; then
-    note "SIGUSR1 received, passing it to the ranks"
-    scancel --signal=USR1 "$SLURM_JOB_ID" || note "scancel --signal=USR1 $SLURM_JOB_ID failed"
-  else
-    note "SIG$1 received (slurmstepd delivers it to the ranks too)"
-  fi
+  note "SIG$1 received, passing it to the ranks (scancel --signal=$1 of the job's steps)"
+  scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null || note "scancel --signal=$1 $SLURM_JOB_ID failed (the job is ending?)"
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM

@@ -154,23 +154,24 @@ def test_requeued_twice_mid_run_ends_with_the_uninterrupted_losses(slurm, corpus
 
 
 def test_term_to_the_whole_job_checkpoints_and_requeues(slurm, corpus, tmp_path):  # noqa: F811
-    """scancel --full --signal=TERM: TERM to the batch shell, srun and the ranks alike. The ranks save
-    and exit 75; the job, still RUNNING, is requeued by the script and resumes to the end."""
+    """scancel --full --signal=TERM: TERM to the batch shell and its children only. The shell has
+    slurmstepd pass it to the ranks (srun never sees it); they save and exit 75, and the job, still
+    RUNNING, is requeued by the script and resumes to the end."""
     run = tmp_path / "term"
-    job = submit_gpt2_xl(slurm, corpus, run, 40, "eval.interval=0", layout=TWO_NODES)
+    job = submit_gpt2_xl(slurm, corpus, run, 150, "eval.interval=0", layout=TWO_NODES)
     wait_for_step(slurm, job, run, 10)
     slurm.command("scancel", "--full", "--signal=TERM", str(job))
     wait_for_restart(slurm, job, run, 1)
     stopped = checkpoint.latest(run / "checkpoints")
-    assert stopped is not None and stopped.name != "step00000040", output(run)
+    assert stopped is not None and stopped.name != "step00000150", output(run)
     info = slurm.wait(job, DONE, timeout=300)
     log = output(run)
     assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), log
-    assert "SIGTERM received (slurmstepd delivers it to the ranks too)" in log
+    assert "SIGTERM received, passing it to the ranks" in log
     assert "stopped by SIGTERM after step" in log and "forcing job termination" not in log
     assert "checkpointed after SIGTERM; requeueing job" in log
     assert f"resumed from {stopped}" in log
-    assert sorted(losses(run)) == list(range(1, 41))
+    assert sorted(losses(run)) == list(range(1, 151))
 
 
 def rank_pid(job: int, rank: int) -> int:
