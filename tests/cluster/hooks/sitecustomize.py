@@ -1,10 +1,10 @@
 """Test hooks for the trainer ranks of SLURM jobs, loaded by Python at start-up (PYTHONPATH=this folder).
 
-MEGAGPT_TEST_RECORD=DIR: at exit, each rank writes DIR/rank<N>-restart<R>.json with its node, CPU
-affinity, OMP_NUM_THREADS and torch's thread count.
+MEGAGPT_TEST_RECORD=DIR: at exit, each rank (of megagpt/train.py, or of pipelines.build under MPI)
+writes DIR/rank<N>-restart<R>.json with its node, CPU affinity, OMP_NUM_THREADS and torch's thread count.
 MEGAGPT_TEST_LINGER=RANK:RESTART:SECONDS: that rank, in that restart of the job, lingers at exit for
 SECONDS (ignoring TERM), as a rank slow to tear down does; srun then kills it after KillWait.
-Only processes running megagpt/train.py are touched.
+Only processes running megagpt/train.py or pipelines.build are touched.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 _env = os.environ
-_rank, _restart = _env.get("SLURM_PROCID"), _env.get("SLURM_RESTART_COUNT", "0")
+_rank, _restart = _env.get("PMI_RANK", _env.get("SLURM_PROCID")), _env.get("SLURM_RESTART_COUNT", "0")
 
 
 def _trainer() -> bool:  # sys.argv is complete by exit time
-    return bool(sys.argv) and sys.argv[0].endswith("megagpt/train.py")
+    return bool(sys.argv) and sys.argv[0].endswith(("megagpt/train.py", "pipelines/build.py"))
 
 
 def _record() -> None:
