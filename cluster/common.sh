@@ -78,16 +78,11 @@ nccl_defaults() {
 # (ops installed into the DeepSpeed wheel: DS_BUILD_OPS=1).
 prebuild_ops() {
   [ "${MEGAGPT_PREBUILD_OPS:-1}" != 0 ] || return 0
-  local dir=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions} stale=${MEGAGPT_STALE_BUILD_S:-600} lock
+  local dir=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions} stale=${MEGAGPT_STALE_BUILD_S:-600}
   mkdir -p "$dir"
   (
     flock -w 3600 9 || die "no lock on $dir/.megagpt-build.lock within an hour"
-    while IFS= read -r lock; do
-      if [ -z "$(find "$(dirname "$lock")" -newermt "-$stale seconds" -print -quit)" ]; then
-        note "removing the stale build lock $lock (its folder is idle for over $stale s)"
-        rm -f "$lock"
-      fi
-    done < <(find "$dir" -mindepth 2 -maxdepth 3 -name lock -type f)
+    remove_stale_build_locks "$dir" "$stale"
     python - <<'PY' || die "building DeepSpeed's ops in $dir failed (see above)"
 import time
 import deepspeed.ops
@@ -102,6 +97,18 @@ for name in names:
         print(f"DeepSpeed op {builder.NAME} ready in {time.time() - t:.0f} s", flush=True)
 PY
   ) 9>"$dir/.megagpt-build.lock"
+}
+
+# torch's build lock files (DIR/<python-accelerator>/<op>/lock) in folders where nothing changed for
+# STALE seconds: left by a build that was killed. Call it holding prebuild_ops's flock.
+remove_stale_build_locks() {
+  local dir=$1 stale=$2 lock
+  while IFS= read -r lock; do
+    if [ -z "$(find "$(dirname "$lock")" -newermt "-$stale seconds" -print -quit)" ]; then
+      note "removing the stale build lock $lock (its folder is idle for over $stale s)"
+      rm -f "$lock"
+    fi
+  done < <(find "$dir" -mindepth 2 -maxdepth 3 -name lock -type f)
 }
 
 # One task per GPU (or CPU rank). A task that dies ends the step (--kill-on-bad-exit), and srun names
