@@ -53,7 +53,7 @@ from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flo
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
 from megagpt.model import GPT, Layers
-from megagpt.parallel.launcher import fill_rank_env
+from megagpt.parallel.launcher import bind_device, fill_rank_env, publish_exit
 from megagpt.parallel.pipeline import pipeline_gpt
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology, plan_layout
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def init_distributed(timeout_s: float = 600.0) -> None:
     """Join the process group whichever launcher started us (deepspeed, torchrun, mpirun, srun, none)."""
     fill_rank_env()
+    bind_device()  # before DeepSpeed reads LOCAL_RANK as the device index
     # A collective outwaiting this raises instead of hanging: a lost rank ends the run (fault.*).
     timeout = timedelta(seconds=timeout_s)
     # DeepSpeed's grid and ZeRO make their groups with new_group(ranks) and no timeout, which torch
@@ -89,8 +90,6 @@ def init_distributed(timeout_s: float = 600.0) -> None:
         # Share the cores instead of every rank spawning one thread per core.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
-    else:
-        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def lr_lambda(cfg: RunConfig):
@@ -492,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         code = DIVERGED_EXIT_CODE
     else:
-        dist.barrier()
+        dist.barrier()  # every rank got past its last save: the code stands for the whole run
+    if rank == 0:
+        publish_exit(code)  # what the SLURM script requeues on (75), or not
     # Leaving without this has crashed at exit ("terminate called without an active exception").
     dist.destroy_process_group()
     return code

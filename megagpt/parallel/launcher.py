@@ -7,12 +7,22 @@ jobs on the node may hold): here rank 0 picks a free port and tells the others o
 addresses given in the environment are kept. srun sets SLURM_* variables; MASTER_ADDR and
 MASTER_PORT come from the batch script (one node: 127.0.0.1 by default). A plain `python` start is
 a world of one.
+
+Which accelerator is a rank's: DeepSpeed takes LOCAL_RANK as the device index (its engine, ZeRO-3's
+Init), which holds only where every task sees all devices of its node. A site's --gpus-per-task=1
+or --gpu-bind (closest, single, map_gpu) shows each task one device, or its socket's, renumbered
+from 0: `device_index` maps the rank onto what the task sees, and `bind_device` makes LOCAL_RANK that
+index before DeepSpeed reads it.
+
+Under cluster/gpt2_xl.slurm, rank 0 publishes the run's exit code after the final barrier
+(`publish_exit`): the script decides to requeue from it rather than from srun's status.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -52,3 +62,39 @@ def fill_rank_env() -> str:
     env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(free_port()))
     return "none (one process)"
+
+
+def device_index(local_rank: int, visible: int) -> int:
+    """The index, among the `visible` devices this task sees, of rank `local_rank`'s own device.
+
+    All of the node's devices visible: the local rank. One (--gpus-per-task=1, --gpu-bind=single or
+    map_gpu): 0. A share, e.g. --gpu-bind=closest with each socket's ranks seeing its 4 GPUs: the
+    local rank's place in its block of consecutive ranks (srun's default block distribution).
+    """
+    if visible < 1:
+        raise RuntimeError(f"local rank {local_rank} sees no accelerator: check the job's --gpus-per-node "
+                           "or --gpus-per-task and the site's device visibility")
+    return local_rank % visible
+
+
+def bind_device() -> int | None:
+    """Pick and set this rank's accelerator; LOCAL_RANK becomes its index (None on CPU)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return None
+    index = device_index(int(os.environ.get("LOCAL_RANK", 0)), accelerator.device_count())
+    os.environ["LOCAL_RANK"] = str(index)  # what DeepSpeed's engine and ZeRO-3 take as the device
+    accelerator.set_device(index)
+    return index
+
+
+def publish_exit(code: int) -> None:
+    """Write `code` to $MEGAGPT_EXIT_FILE when set (atomically: a reader sees all of it or nothing)."""
+    path = os.environ.get("MEGAGPT_EXIT_FILE")
+    if not path:
+        return
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(f"{code}\n")
+    os.replace(tmp, path)

@@ -1,9 +1,12 @@
-"""A real single-node SLURM cluster on localhost (munged, slurmctld, slurmd), started for the session.
+"""A real two-node SLURM cluster on one host (munged, slurmctld, two slurmd), started for the session.
 
 Debian's packages are installed when missing (as root, with apt-get). The daemons run without
 systemd, from a slurm.conf whose ports, state, spool, logs and munge socket all live in a temp
-dir, and are stopped by their PIDs at the end. Where packages cannot be installed (not root, no apt)
-the tests skip with that reason, except in CI (CI=true), where they fail.
+dir, and are stopped by their PIDs at the end. The nodes n1 and n2 are two `slurmd -N` on this
+host, each with its own port, spool, pid and log file (the `%n` in their paths); their names
+resolve to 127.0.0.1 through lines this fixture adds to /etc/hosts and removes at the end.
+Tasks are bound to CPUs (task/affinity), as on real sites. Where packages cannot be installed
+(not root, no apt) the tests skip with that reason, except in CI (CI=true), where they fail.
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ SLURM_CONF = """\
 ClusterName=megagpt-test
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SrunPortRange={srun_ports}
 AuthType=auth/munge
 CredType=cred/munge
@@ -66,7 +68,8 @@ AuthInfo=socket={dir}/munge/munge.socket,cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# Tasks bound to their CPUs, as on real sites (srun's -c decides how many each gets).
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -78,16 +81,24 @@ SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 MpiDefault=none
 ReturnToService=2
-KillWait=30
+# TERM, then KILL this long after (also srun --kill-on-bad-exit's): short, so that a lingering rank
+# outlasts it within a test (sites: 30 s and more).
+KillWait={kill_wait}
 SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
 SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
 StateSaveLocation={dir}/state
-SlurmdSpoolDir={dir}/spool
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# One slurmd per node on this host: %n is the node's name.
+SlurmdPidFile={dir}/slurmd-%n.pid
+SlurmdLogFile={dir}/slurmd-%n.log
+SlurmdSpoolDir={dir}/spool-%n
+NodeName=n1 NodeAddr=127.0.0.1 Port={n1_port} CPUs={cpus} State=UNKNOWN
+NodeName=n2 NodeAddr=127.0.0.1 Port={n2_port} CPUs={cpus} State=UNKNOWN
+PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 """
+NODES = ("n1", "n2")
+KILL_WAIT = 10
+HOSTS = Path("/etc/hosts")
+HOSTS_MARK = "# megagpt tests/cluster: two SLURM nodes on this host"
 
 
 @dataclass
@@ -125,8 +136,23 @@ class Slurm:
             time.sleep(0.5)
 
 
+def add_hosts() -> bool:
+    """Make the node names resolve to 127.0.0.1; True when this call added the line (to remove it)."""
+    text = HOSTS.read_text()
+    if HOSTS_MARK in text:
+        return False
+    line = f"127.0.0.1 {' '.join(NODES)} {HOSTS_MARK}\n"
+    HOSTS.write_text(text + ("" if text.endswith("\n") else "\n") + line)
+    return True
+
+
+def remove_hosts() -> None:
+    lines = HOSTS.read_text().splitlines(keepends=True)
+    HOSTS.write_text("".join(line for line in lines if HOSTS_MARK not in line))
+
+
 def start_daemons(dir: Path, env: dict[str, str]) -> list[Path]:
-    """Start munged, slurmctld, slurmd; return their PID files in start order."""
+    """Start munged, slurmctld and a slurmd per node; return their PID files in start order."""
     munge = dir / "munge"
     munge.mkdir()
     munge.chmod(0o755)  # munged refuses a socket dir others cannot reach, whatever the umask
@@ -136,8 +162,10 @@ def start_daemons(dir: Path, env: dict[str, str]) -> list[Path]:
                     f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
                     f"--seed-file={munge}/munged.seed"], check=True, env=env)
     subprocess.run(["slurmctld", "-f", env["SLURM_CONF"]], check=True, env=env)
-    subprocess.run(["slurmd", "-f", env["SLURM_CONF"], "-N", "localhost"], check=True, env=env)
-    return [munge / "munged.pid", dir / "slurmctld.pid", dir / "slurmd.pid"]
+    for node in NODES:
+        (dir / f"spool-{node}").mkdir()
+        subprocess.run(["slurmd", "-f", env["SLURM_CONF"], "-N", node], check=True, env=env)
+    return [munge / "munged.pid", dir / "slurmctld.pid", *(dir / f"slurmd-{n}.pid" for n in NODES)]
 
 
 def stop_daemons(pid_files: list[Path]) -> None:
@@ -156,40 +184,54 @@ def stop_daemons(pid_files: list[Path]) -> None:
                 time.sleep(0.1)
 
 
+def start_cluster(dir: Path) -> tuple[Slurm, list[Path]]:
+    """Write slurm.conf in `dir`, start the daemons, wait until both nodes are idle."""
+    (dir / "state").mkdir()
+    low = free_port()
+    conf = dir / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(
+        dir=dir, ctld_port=free_port(), n1_port=free_port(), n2_port=free_port(),
+        srun_ports=f"{low}-{low + 40}", cpus=max(2, os.cpu_count() or 2), kill_wait=KILL_WAIT,
+    ))
+    path = f"{Path(os.sys.executable).parent}:{os.environ['PATH']}:/usr/sbin:/sbin"
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=path)
+    for leftover in ("MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS"):  # the tests set what they mean
+        env.pop(leftover, None)
+    pid_files = start_daemons(dir, env)
+    cluster = Slurm(dir, env)
+    deadline = time.monotonic() + 60
+    while cluster.command("sinfo", "-h", "-o", "%t", check=False).stdout.split() != ["idle"]:
+        if time.monotonic() > deadline:
+            logs = "\n".join(p.read_text()[-2000:] for p in sorted(dir.glob("*.log")))
+            stop_daemons(pid_files)
+            raise RuntimeError(f"the SLURM nodes did not come up within 60 s:\n{logs}")
+        time.sleep(0.5)
+    return cluster, pid_files
+
+
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[Slurm]:
     ensure_installed()
     # Not under pytest's 0700 tmp dirs: munged wants every folder above its socket open to all.
     dir = Path(tempfile.mkdtemp(prefix="megagpt-slurm-"))
     dir.chmod(0o755)
-    (dir / "state").mkdir()
-    (dir / "spool").mkdir()
-    low = free_port()
-    conf = dir / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(
-        dir=dir, ctld_port=free_port(), slurmd_port=free_port(), srun_ports=f"{low}-{low + 20}",
-        cpus=max(2, os.cpu_count() or 2),
-    ))
-    path = f"{Path(os.sys.executable).parent}:{os.environ['PATH']}:/usr/sbin:/sbin"
-    env = dict(os.environ, SLURM_CONF=str(conf), PATH=path)
-    pid_files = start_daemons(dir, env)
-    cluster = Slurm(dir, env)
+    added = add_hosts()
+    pid_files: list[Path] = []
     try:
-        deadline = time.monotonic() + 60
-        while "idle" not in cluster.command("sinfo", "-h", "-o", "%t", check=False).stdout:
-            if time.monotonic() > deadline:
-                logs = "\n".join((dir / f).read_text()[-2000:] for f in ("slurmctld.log", "slurmd.log")
-                                 if (dir / f).is_file())
-                raise RuntimeError(f"the SLURM node did not come up within 60 s:\n{logs}")
-            time.sleep(0.5)
+        cluster, pid_files = start_cluster(dir)
         yield cluster
     finally:
         stop_daemons(pid_files)
+        if added:
+            remove_hosts()
         shutil.rmtree(dir, ignore_errors=True)
 
 
-# cluster/gpt2_xl.slurm cut down to this machine: one node, 2 CPU ranks, no GPUs, a tiny model.
+# cluster/gpt2_xl.slurm cut down to this machine: 2 CPU ranks, no GPUs, a tiny model; on one node,
+# or one rank on each of the two.
 TINY_NODE = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15")
+TWO_NODES = ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=15")
+HOOKS = Path(__file__).resolve().parent / "hooks"  # sitecustomize.py: per-rank records, a lingering rank
 
 
 def tiny_overrides(corpus: Path, max_steps: int) -> list[str]:
@@ -202,9 +244,14 @@ def tiny_overrides(corpus: Path, max_steps: int) -> list[str]:
     ]
 
 
-def submit_gpt2_xl(slurm: Slurm, corpus: Path, run_dir: Path, max_steps: int, *overrides: str) -> int:
-    """sbatch cluster/gpt2_xl.slurm as a user would, with the run dir and port in the environment."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return slurm.sbatch(*TINY_NODE, f"--output={run_dir}/slurm-%j.out", "cluster/gpt2_xl.slurm",
+def submit_gpt2_xl(slurm: Slurm, corpus: Path, run_dir: Path, max_steps: int, *overrides: str,
+                   layout: tuple[str, ...] = TINY_NODE, env: dict[str, str] | None = None) -> int:
+    """sbatch cluster/gpt2_xl.slurm as a user would, with the run dir and port in the environment.
+
+    Each rank records its node, CPUs and threads in <run dir>/ranks/ at exit (tests/cluster/hooks)."""
+    (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    return slurm.sbatch(*layout, f"--output={run_dir}/slurm-%j.out", "cluster/gpt2_xl.slurm",
                         *tiny_overrides(corpus, max_steps), *overrides,
-                        env={"MEGAGPT_RUN_DIR": str(run_dir), "MASTER_PORT": str(free_port())})
+                        env={"MEGAGPT_RUN_DIR": str(run_dir), "MASTER_PORT": str(free_port()),
+                             "PYTHONPATH": str(HOOKS), "MEGAGPT_TEST_RECORD": str(run_dir / "ranks"),
+                             **(env or {})})
