@@ -10,7 +10,8 @@ obvious alternative); on a GPU also `blocked` (the kernel training with attentio
 there). The machine may be shared, so the kernels run alternately, repeat after repeat, and the
 median of each is compared: ratios are measured side by side. Peak memory is what one forward +
 backward adds: the accelerator's allocator peak on a GPU; on a CPU the peak resident memory of a
-fresh process running it once (the allocator there keeps no statistics). Writes JSON to
+fresh process running it once (the allocator there keeps no statistics). Saved memory is what the
+forward keeps for backward, which a layer holds through a training step. Writes JSON to
 bench/results/sparse_attention-<date>[-device].json and prints a table.
 """
 
@@ -71,6 +72,21 @@ def forward_backward(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.
     for x in (q, k, v):
         x.grad = None
     return time.perf_counter() - start
+
+
+def saved_mib(fn: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
+    """What a forward keeps for backward (distinct storages, q, k and v too when kept: in a model
+    they are views of the QKV projection's output, alive only for that): the activation memory a
+    layer holds in training, where the peak of one call is transient."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(q, k, v)
+    return sum(saved.values()) / 2**20
 
 
 def rss_mib() -> float:
@@ -143,17 +159,21 @@ def main() -> None:
                 "context": T, "window": args.window, "kernel": name,
                 "seconds": statistics.median(times[name]), "all_seconds": times[name],
                 "peak_mib": peak_memory_mib(name, T, args.window, device, dtype),
+                "saved_mib": saved_mib(fns[name], q, k, v),
             })
     dense = {r["context"]: r for r in rows if r["kernel"] == "dense"}
     for r in rows:
         r["speedup_vs_dense"] = dense[r["context"]]["seconds"] / r["seconds"]
         r["memory_vs_dense"] = r["peak_mib"] / dense[r["context"]]["peak_mib"]
+        r["saved_vs_dense"] = r["saved_mib"] / dense[r["context"]]["saved_mib"]
     print(f"attention forward + backward, batch {BATCH} x {HEADS} heads x {HEAD_SIZE}, window "
           f"{args.window}, {device} {str(dtype).removeprefix('torch.')}, median of {args.repeats}")
-    print(f"{'context':>8} {'kernel':<12} {'ms':>9} {'vs dense':>9} {'peak MiB':>9} {'vs dense':>9}")
+    print(f"{'context':>8} {'kernel':<12} {'ms':>9} {'speed-up':>9} {'peak MiB':>9} {'vs dense':>9}"
+          f" {'saved MiB':>10} {'vs dense':>9}")
     for r in rows:
         print(f"{r['context']:>8} {r['kernel']:<12} {r['seconds'] * 1e3:>9.1f} "
-              f"{r['speedup_vs_dense']:>8.2f}x {r['peak_mib']:>9.1f} {r['memory_vs_dense']:>8.2f}x")
+              f"{r['speedup_vs_dense']:>8.2f}x {r['peak_mib']:>9.1f} {r['memory_vs_dense']:>8.2f}x"
+              f" {r['saved_mib']:>10.1f} {r['saved_vs_dense']:>8.2f}x")
     out = Path(args.json or f"bench/results/sparse_attention-{date.today()}"
                f"{'' if device == 'cpu' else '-' + device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
