@@ -224,7 +224,8 @@ def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, up to block_size.
+    """Keys and values of every layer for the positions seen so far, up to block_size (a banded
+    layer keeps only its window: a decoding step there costs the window, not the prefix).
 
     Rows may be left-padded to a common length: `valid` (B, T0) marks the real tokens of the first
     chunk. Padding is never attended to and positions count real tokens only, so each row computes
@@ -267,17 +268,19 @@ class LayerKV:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Store the new (B, H, T, D) keys and values; the keys, values and mask the new queries
         can see: all so far, or for a banded layer only the last `window` positions of each."""
+        start, T = self.cache.length, k.size(2)
+        if window is not None:  # banded: keep only the window - 1 positions later queries can see
+            if self.k is not None:
+                k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            keep = k.size(2) - min(window - 1, k.size(2))
+            self.k, self.v = k[:, :, keep:], v[:, :, keep:]
+            return k, v, self.cache.mask(T, window)[..., start + T - k.size(2) :]
         if self.k is None:
             shape = (*k.shape[:2], self.cache.max_len, k.size(3))
             self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
-        start, T = self.cache.length, k.size(2)
         self.k[:, :, start : start + T] = k
         self.v[:, :, start : start + T] = v
-        # A banded layer's first query sees back to start - window + 1: a decoding step costs the
-        # window, not the whole prefix.
-        first = 0 if window is None else max(0, start - window + 1)
-        mask = self.cache.mask(T, window)[..., first:]
-        return self.k[:, :, first : start + T], self.v[:, :, first : start + T], mask
+        return self.k[:, :, : start + T], self.v[:, :, : start + T], self.cache.mask(T)
 
 
 class GPT(nn.Module):

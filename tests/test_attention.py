@@ -96,6 +96,8 @@ def test_cached_logits_of_a_sparse_model_equal_a_full_forward():
         chunks = [model(idx[:, :17], cache=cache)[0]]  # a prefill longer than the window, then tokens
         chunks += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(17, 40)]
     torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=0)
+    # Dense layers keep every position; banded ones only the window - 1 a next query can see.
+    assert [layer.k.size(2) for layer in cache.layers] == [64, 4, 64]
 
 
 def test_cached_generation_of_a_sparse_model_equals_uncached():
