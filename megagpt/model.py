@@ -256,7 +256,8 @@ class KVCache:
 
 
 class LayerKV:
-    """One layer's slice of a KVCache, allocated on first use in the dtype the layer computes in."""
+    """One layer's slice of a KVCache, allocated on first use in the dtype the layer computes in
+    (a banded layer's holds only the positions its next query can see)."""
 
     def __init__(self, cache: KVCache):
         self.cache = cache

@@ -17,7 +17,7 @@ import torch
 
 from megagpt.checkpoint import consolidated_state_dict, load_pretrained
 from megagpt.config import load_config
-from megagpt.model import GPT
+from megagpt.model import GPT, LocalCausalSelfAttention
 from tests.parallel.conftest import LAYOUTS, STEPS, LayoutRuns, losses
 from tests.train.conftest import ROOT, VENV_BIN, free_port
 
@@ -82,8 +82,9 @@ def test_consolidated_weights_load_into_one_process_gpt_and_hugging_face(layout_
         assert torch.allclose(model(idx)[0], hf(idx).logits, atol=1e-5)
 
 
-def test_sparse_checkpoint_evaluates_and_generates_but_is_not_exported(sparse_layout_runs, tmp_path, capsys):
-    from megagpt import convert, evaluate, generate
+def test_sparse_checkpoint_evaluates_generates_finetunes_but_is_not_exported(sparse_layout_runs, tmp_path,
+                                                                            capsys):
+    from megagpt import convert, evaluate, finetune, generate
 
     run = sparse_layout_runs["one_process"]
     model, _, _ = load_pretrained(run, device="cpu")
@@ -96,6 +97,10 @@ def test_sparse_checkpoint_evaluates_and_generates_but_is_not_exported(sparse_la
     assert evaluate.main(["--checkpoint", str(run), "--task", "lambada", "--limit", "4"]) == 0
     assert generate.main(["--checkpoint", str(run), "--prompt", "The", "--max-new", "40",
                           "--temperature", "0"]) == 0
+    task = finetune.build_model(run, "classification", 2, random_init=False, seed=0)
+    assert isinstance(task.gpt.transformer.h[1].attn, LocalCausalSelfAttention)  # kept with the new tokens
+    logits, lm_loss = task(idx[:, None], torch.full((2, 1), 31))
+    (logits.sum() + lm_loss).backward()
     capsys.readouterr()
     assert convert.main(["to-hf", str(run), str(tmp_path / "hf")]) == 2
     assert "GPT2LMHeadModel cannot express" in capsys.readouterr().err
