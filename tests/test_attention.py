@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megagpt.attention import banded_attention, banded_mask, blocked_banded_attention
+from megagpt.attention import banded_attention, banded_mask, blocked_banded_attention, flex_banded_attention
 from megagpt.config import ConfigError, ModelConfig, load_config
 from megagpt.flops import training_flops_per_token
 from megagpt.generate import generate
@@ -39,6 +39,15 @@ def test_banded_kernels_equal_dense_attention_under_a_banded_mask(kernel, T, win
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # The check can fail: plain causal attention is not the band.
     assert (F.scaled_dot_product_attention(q, k, v, is_causal=True) - want).abs().max() > 1e-3
+
+
+@pytest.mark.slow  # compiling FlexAttention for the CPU takes about 45 s here
+def test_flex_attention_kernel_equals_dense_attention_under_a_banded_mask():
+    """The GPU kernel's block mask, checked forward on the CPU (FlexAttention has no CPU backward)."""
+    for T, window in [(256, 32), (200, 7)]:  # whole 128-blocks, and a ragged length
+        q, k, v = (torch.randn(2, 3, T, 16) for _ in range(3))
+        torch.testing.assert_close(flex_banded_attention(q, k, v, window), masked_reference(q, k, v, window),
+                                   atol=1e-6, rtol=0)
 
 
 def test_banded_layer_equals_the_dense_layer_with_an_explicit_banded_mask():
@@ -107,6 +116,7 @@ def test_cached_generation_of_a_sparse_model_equals_uncached():
     prompts = [[5, 9, 2], [7] * 11, list(range(20, 40))]
     cached = generate(model, prompts, 30, temperature=0)
     assert cached == generate(model, prompts, 30, temperature=0, use_cache=False)
+    assert len({tuple(row) for row in cached}) > 1  # the rows really differ
     runs = [generate(model, prompts[1:2], 30, temperature=1.0, use_cache=flag,
                      generator=torch.Generator().manual_seed(3)) for flag in (True, False)]
     assert runs[0] == runs[1]
