@@ -8,8 +8,10 @@ the kernels here compute only the blocks it touches. Which one runs is decided b
   attention dropout, so training with dropout uses the blocked kernel there too.
 - the CPU: `blocked_banded_attention`, one SDPA call over blocks of `window` queries, each against
   its own and the previous block of keys (all a band of that width can reach): 2 * window scores a
-  query instead of T. bench/sparse_attention.py measures it against dense attention and an SDPA
-  call with a full banded mask. FlexAttention compiles for the CPU but has no backward there
+  query instead of T. bench/sparse_attention.py measures it against dense attention (window 256:
+  0.79x dense's speed at context 1024, where the blocks cost as many scores as the causal
+  triangle, 1.20x at 2048, 2.57x at 4096) and against one SDPA call with a full banded mask
+  (slower than dense at every length). FlexAttention compiles for the CPU but has no backward there
   (torch 2.13: "FlexAttention does not support backward on CPU"), so it cannot train.
 
 All of them equal dense attention under an explicit banded causal mask (tests/test_attention.py).
