@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan(model, cluster, args.global_batch, seq)
     n_params = stage_parameters(model, 1, 1)
     print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
-          f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens")
+          f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens"
+          + ("" if model.attention == "dense" else
+             f", attention {model.attention} (banded layers: window {model.local_window})"))
     print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))
     return 0
 
