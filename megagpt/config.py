@@ -38,6 +38,13 @@ class ModelConfig:
     # widths GPU kernels tile well, and a vocabulary tensor parallelism can split. The extra rows
     # are never an input, and their logits are -inf: they take no probability in loss or sampling.
     vocab_pad_multiple: int = 128
+    # GPT-3 (Brown et al. 2020, section 2.1) alternates dense and locally banded attention layers.
+    # "dense": every layer attends to all earlier positions. "gpt3_sparse": even layers dense, odd
+    # layers "local" (each position sees the last local_window positions, itself included).
+    # "per_layer": attention_layers names each layer's kind, "dense" or "local".
+    attention: Literal["dense", "gpt3_sparse", "per_layer"] = "dense"
+    local_window: int = 0  # band width of the local layers; 0 when there are none
+    attention_layers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "vocab_pad_multiple"):
@@ -52,6 +59,46 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.arch not in ("gpt1", "gpt2"):
             raise ConfigError(f"model.arch must be 'gpt1' or 'gpt2', got {self.arch!r}")
+        self._check_attention()
+
+    def _check_attention(self) -> None:
+        if self.attention not in ATTENTION_PATTERNS:
+            raise ConfigError(f"model.attention must be one of {ATTENTION_PATTERNS}, got {self.attention!r}")
+        if self.attention == "per_layer":
+            if len(self.attention_layers) != self.n_layer:
+                raise ConfigError(
+                    f"model.attention_layers names {len(self.attention_layers)} layers but model.n_layer="
+                    f"{self.n_layer}: give one kind ('dense' or 'local') for each layer"
+                )
+            for i, kind in enumerate(self.attention_layers):
+                if kind not in LAYER_ATTENTION:
+                    raise ConfigError(f"model.attention_layers[{i}]={kind!r}: use 'dense' or 'local'")
+        elif self.attention_layers:
+            raise ConfigError(
+                f"model.attention_layers is given but model.attention={self.attention!r} ignores it: "
+                "set model.attention=per_layer to use it, or drop model.attention_layers"
+            )
+        has_local = "local" in self.layer_attention
+        if has_local and self.local_window <= 0:
+            raise ConfigError(
+                f"model.attention={self.attention!r} has local layers but model.local_window="
+                f"{self.local_window}: set the band width, e.g. model.local_window=256"
+            )
+        if not has_local and self.local_window != 0:
+            raise ConfigError(
+                f"model.local_window={self.local_window} has no effect: model.attention="
+                f"{self.attention!r} has no local layers; set model.attention=gpt3_sparse "
+                "(or per_layer with 'local' layers), or drop model.local_window"
+            )
+
+    @property
+    def layer_attention(self) -> list[str]:
+        """Each layer's attention, first layer first: "dense" or "local" (banded)."""
+        if self.attention == "per_layer":
+            return list(self.attention_layers)
+        if self.attention == "gpt3_sparse":
+            return ["dense" if i % 2 == 0 else "local" for i in range(self.n_layer)]
+        return ["dense"] * self.n_layer
 
     @property
     def padded_vocab_size(self) -> int:
@@ -69,6 +116,9 @@ class ModelConfig:
             raise ConfigError(f"unknown model preset {name!r}; choose from {sorted(MODEL_PRESETS)}")
         return cls(**{**MODEL_PRESETS[name], **overrides})
 
+
+ATTENTION_PATTERNS = ("dense", "gpt3_sparse", "per_layer")
+LAYER_ATTENTION = ("dense", "local")
 
 _GPT2 = dict(arch="gpt2", vocab_size=50257, block_size=1024, dropout=0.1)
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

@@ -3,7 +3,8 @@
 FLOPs are counted the standard way (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's
 estimate_mfu): a matmul with N weights costs 2N FLOPs per token forward and 4N backward, so 6N
 per token for training, plus the attention scores and their weighted sum, 12 * n_layer * n_embd *
-T per token (2 matmuls of T x head_dim per head, forward 2x, backward 4x). N counts every weight
+T per token (2 matmuls of T x head_dim per head, forward 2x, backward 4x); a locally banded layer
+(GPT-3's sparse layers) attends to min(local_window, T) positions instead of T. N counts every weight
 a token multiplies with: the blocks and the (tied) output layer; not the position table, which is
 only looked up. Recomputation by activation checkpointing is not "model" FLOPs, so MFU ignores
 it by definition (it shows as a lower MFU, as it should).
@@ -50,10 +51,18 @@ def non_embedding_matmul_params(model: ModelConfig) -> int:
     return model.n_layer * block + final_ln + model.vocab_size * c
 
 
+def attended_positions(model: ModelConfig, seq_len: int) -> int:
+    """Positions a token's attention spans, summed over the layers: T for a dense layer, the
+    window for a banded one (counted like dense attention's T, as if every query saw all of it)."""
+    span = {"dense": seq_len, "local": min(model.local_window, seq_len)}
+    return sum(span[kind] for kind in model.layer_attention)
+
+
 def training_flops_per_token(model: ModelConfig, seq_len: int | None = None) -> float:
-    """6N + 12 * n_layer * n_embd * T: forward and backward FLOPs spent on one training token."""
+    """6N + 12 * n_embd * (T per dense layer, the window per banded one): forward and backward
+    FLOPs spent on one training token."""
     T = seq_len or model.block_size
-    return 6 * non_embedding_matmul_params(model) + 12 * model.n_layer * model.n_embd * T
+    return 6 * non_embedding_matmul_params(model) + 12 * model.n_embd * attended_positions(model, T)
 
 
 def accelerator_name() -> str:

@@ -9,6 +9,9 @@ Parallelism enters only through `Layers`, the classes the model builds its proje
 embedding and loss from: megagpt.parallel.tensor supplies tensor-parallel ones, and the pipeline
 adapter (megagpt.parallel.pipeline) reuses Block as it is.
 
+GPT-3 (Brown et al. 2020) keeps GPT-2's model but alternates dense and locally banded attention
+layers: a banded layer is LocalCausalSelfAttention, picked per layer by `model.attention`.
+
 For generation a KVCache keeps each layer's keys and values, so that a new token costs one position
 of compute instead of the whole prefix.
 
@@ -28,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from megagpt.attention import banded_attention, banded_mask
 from megagpt.config import ModelConfig
 from megagpt.linear_cross_entropy import linear_cross_entropy
 
@@ -104,6 +108,10 @@ class Layers:
 
 
 class CausalSelfAttention(nn.Module):
+    """Dense causal attention: each position attends to every position up to itself."""
+
+    window: int | None = None  # positions a query sees, itself included; None: all before it
+
     def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__()
         self.head_size = config.n_embd // config.n_head
@@ -120,14 +128,30 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).chunk(3, dim=2)
         q, k, v = (t.view(B, T, -1, self.head_size).transpose(1, 2) for t in (q, k, v))
         if kv is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-            )
+            y = self.attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         else:  # attend to the cached past as well; the cache supplies the causal + padding mask
-            k, v, mask = kv.update(k, v)
+            k, v, mask = kv.update(k, v, self.window)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+class LocalCausalSelfAttention(CausalSelfAttention):
+    """GPT-3's locally banded layer: each position attends to the last `model.local_window`
+    positions, itself included (megagpt.attention picks the fastest kernel for the device)."""
+
+    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
+        super().__init__(config, layers)
+        self.window = config.local_window
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        return banded_attention(q, k, v, self.window, dropout_p)
+
+
+ATTENTION = {"dense": CausalSelfAttention, "local": LocalCausalSelfAttention}  # ModelConfig.layer_attention
 
 
 class MLP(nn.Module):
@@ -145,11 +169,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
+    def __init__(self, config: ModelConfig, layers: Layers = Layers(), attention: str = "dense"):
         super().__init__()
         self.pre_ln = config.arch == "gpt2"
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, layers)
+        self.attn = ATTENTION[attention](config, layers)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config, layers)
 
@@ -167,7 +191,7 @@ class Transformer(nn.Module):
         self.wte = layers.embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config, layers) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, layers, kind) for kind in config.layer_attention])
         # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
         # Activation checkpointing, a training-time choice (parallel.activation_checkpoint): keep
@@ -200,7 +224,8 @@ def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Keys and values of every layer for the positions seen so far, up to block_size.
+    """Keys and values of every layer for the positions seen so far, up to block_size (a banded
+    layer keeps only its window: a decoding step there costs the window, not the prefix).
 
     Rows may be left-padded to a common length: `valid` (B, T0) marks the real tokens of the first
     chunk. Padding is never attended to and positions count real tokens only, so each row computes
@@ -218,21 +243,21 @@ class KVCache:
         """(B, T) position ids of the next T tokens: real tokens before them, counted per row."""
         return (self.valid[:, : self.length + T].cumsum(1)[:, self.length :] - 1).clamp(min=0)
 
-    def mask(self, T: int) -> torch.Tensor:
-        """(B, 1, T, S) attention mask of the next T queries over all S = length + T keys."""
-        S = self.length + T
-        query = torch.arange(self.length, S, device=self.valid.device)[:, None]
-        key = torch.arange(S, device=self.valid.device)[None, :]
+    def mask(self, T: int, window: int | None = None) -> torch.Tensor:
+        """(B, 1, T, S) attention mask of the next T queries over all S = length + T keys, each
+        query seeing the last `window` positions (all of them when None)."""
+        S, device = self.length + T, self.valid.device
+        seen = banded_mask(T, S, window or S, device) & self.valid[:, None, :S]
         # Each position sees itself: a padding query would otherwise see nothing and give NaN.
-        allowed = (key <= query) & self.valid[:, None, :S] | (key == query)
-        return allowed[:, None]
+        return (seen | banded_mask(T, S, 1, device))[:, None]
 
     def advance(self, T: int) -> None:
         self.length += T
 
 
 class LayerKV:
-    """One layer's slice of a KVCache, allocated on first use in the dtype the layer computes in."""
+    """One layer's slice of a KVCache, allocated on first use in the dtype the layer computes in
+    (a banded layer's holds only the positions its next query can see)."""
 
     def __init__(self, cache: KVCache):
         self.cache = cache
@@ -240,13 +265,20 @@ class LayerKV:
         self.v: torch.Tensor | None = None
 
     def update(
-        self, k: torch.Tensor, v: torch.Tensor
+        self, k: torch.Tensor, v: torch.Tensor, window: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Store the new (B, H, T, D) keys and values; all keys, values and the mask so far."""
+        """Store the new (B, H, T, D) keys and values; the keys, values and mask the new queries
+        can see: all so far, or for a banded layer only the last `window` positions of each."""
+        start, T = self.cache.length, k.size(2)
+        if window is not None:  # banded: keep only the window - 1 positions later queries can see
+            if self.k is not None:
+                k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            keep = k.size(2) - min(window - 1, k.size(2))
+            self.k, self.v = k[:, :, keep:], v[:, :, keep:]
+            return k, v, self.cache.mask(T, window)[..., start + T - k.size(2) :]
         if self.k is None:
             shape = (*k.shape[:2], self.cache.max_len, k.size(3))
             self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)
-        start, T = self.cache.length, k.size(2)
         self.k[:, :, start : start + T] = k
         self.v[:, :, start : start + T] = v
         return self.k[:, :, : start + T], self.v[:, :, : start + T], self.cache.mask(T)
@@ -317,6 +349,13 @@ class GPT(nn.Module):
         c = self.config
         if c.arch != "gpt2":
             raise ValueError("to_hf exports arch=gpt2 models; GPT-1 has no GPT2LMHeadModel layout")
+        if "local" in c.layer_attention:
+            raise ValueError(
+                f"to_hf exports dense-attention models; this one has model.attention={c.attention!r} "
+                f"with locally banded layers (local_window={c.local_window}), which GPT2LMHeadModel "
+                "cannot express (its every layer is dense). megagpt's own generate, evaluate and "
+                "finetune take the checkpoint as it is"
+            )
         hf = GPT2LMHeadModel(GPT2Config(
             n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
             n_positions=c.block_size, resid_pdrop=c.dropout, embd_pdrop=c.dropout,

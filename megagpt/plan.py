@@ -12,7 +12,9 @@ layouts, fastest first, and recommends one.
 The activation count is megagpt's own Block, tensor by tensor (what autograd saves: the inputs of
 LayerNorms and matmuls, q/k/v, the attention output and the GELU input and output; SDPA's
 flash/memory-efficient kernels never store the T x T scores), checked against the saved tensors
-of a real forward in tests/perf/test_plan.py. Step times are a first-order model (a given
+of a real forward in tests/perf/test_plan.py. GPT-3's banded layers (model.attention) save
+compute, not activations: their FLOPs scale with the window (megagpt.flops), and FlexAttention
+keeps what flash attention keeps. Step times are a first-order model (a given
 fraction of peak FLOP/s, ring collectives at a given bandwidth, DeepSpeed overlapping
 data-parallel communication with compute); use them to rank layouts, not as promises.
 """
@@ -280,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = plan(model, cluster, args.global_batch, seq)
     n_params = stage_parameters(model, 1, 1)
     print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
-          f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens")
+          f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens"
+          + ("" if model.attention == "dense" else
+             f", attention {model.attention} (banded layers: window {model.local_window})"))
     print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))
     return 0
 

@@ -79,7 +79,7 @@ def _one_process_rng_states(config: ModelConfig) -> list[torch.Tensor]:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         for build in [partial(Embedding, config.padded_vocab_size, config.n_embd),
                       partial(Embedding, config.block_size, config.n_embd),
-                      *[partial(Block, config)] * config.n_layer]:
+                      *[partial(Block, config, attention=kind) for kind in config.layer_attention]]:
             states.append(torch.get_rng_state())
             build()
     return states
@@ -94,7 +94,8 @@ def pipeline_gpt(config: ModelConfig, layers: Layers, topology: ProcessTopology,
     specs: list[LayerSpec | Callable] = [
         SeededTiedLayerSpec(rng[0], "wte", wte, config.padded_vocab_size, config.n_embd, **wte_kwargs),
         SeededLayerSpec(rng[1], Positions, config),
-        *[SeededLayerSpec(state, Block, config, layers) for state in rng[2:]],
+        *[SeededLayerSpec(state, Block, config, layers, kind)
+          for state, kind in zip(rng[2:], config.layer_attention)],
     ]
     if config.arch == "gpt2":
         specs.append(LayerSpec(nn.LayerNorm, config.n_embd, bias=config.bias))

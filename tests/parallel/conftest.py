@@ -31,11 +31,15 @@ LAYOUTS = {
 }
 
 
-class LayoutRuns:
-    """Each layout's run directory, trained on first request."""
+# GPT-3's alternating dense and banded attention; the window is a quarter of tiny.yaml's 32 positions.
+SPARSE = ("model.attention=gpt3_sparse", "model.local_window=8")
 
-    def __init__(self, shards: Path, root: Path):
-        self.corpus, self.root = shards, root
+
+class LayoutRuns:
+    """Each layout's run directory, trained on first request; `overrides` apply to every layout."""
+
+    def __init__(self, shards: Path, root: Path, *overrides: str):
+        self.corpus, self.root, self.overrides = shards, root, overrides
         self.runs: dict[str, Path] = {}
         self.logs: dict[str, str] = {}
 
@@ -43,7 +47,8 @@ class LayoutRuns:
         if name not in self.runs:
             launcher, nproc, overrides = LAYOUTS[name]
             run = self.root / name
-            proc = run_training(run, self.corpus, *COMMON, *overrides, launcher=launcher, nproc=nproc)
+            proc = run_training(run, self.corpus, *COMMON, *self.overrides, *overrides, launcher=launcher,
+                                nproc=nproc)
             self.runs[name], self.logs[name] = run, proc.stdout + proc.stderr
         return self.runs[name]
 
@@ -51,6 +56,11 @@ class LayoutRuns:
 @pytest.fixture(scope="session")
 def layout_runs(corpus, tmp_path_factory) -> LayoutRuns:  # noqa: F811
     return LayoutRuns(corpus, tmp_path_factory.mktemp("layouts"))
+
+
+@pytest.fixture(scope="session")
+def sparse_layout_runs(corpus, tmp_path_factory) -> LayoutRuns:  # noqa: F811
+    return LayoutRuns(corpus, tmp_path_factory.mktemp("sparse_layouts"), *SPARSE)
 
 
 def losses(run: Path) -> dict[int, dict]:

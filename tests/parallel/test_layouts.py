@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 
 import pytest
 import torch
 
-from megagpt.checkpoint import consolidated_state_dict
+from megagpt.checkpoint import consolidated_state_dict, load_pretrained
 from megagpt.config import load_config
-from megagpt.model import GPT
-from tests.parallel.conftest import LAYOUTS, STEPS, losses
+from megagpt.model import GPT, LocalCausalSelfAttention
+from tests.parallel.conftest import LAYOUTS, STEPS, LayoutRuns, losses
 from tests.train.conftest import ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("name", [name for name in LAYOUTS if name != "one_process"])
 def test_layout_equals_one_process(name, layout_runs):
+    assert_layout_equals_one_process(layout_runs, name)
+
+
+# GPT-3's banded layers under tp (heads split), pp (the banded block on the second stage) and
+# ZeRO-3; the other layouts differ from these only in what dense layers already prove.
+@pytest.mark.parametrize("name", ["dp2_zero3", "tp2", "pp2_zero1"])
+def test_sparse_attention_layout_equals_one_process(name, sparse_layout_runs):
+    assert_layout_equals_one_process(sparse_layout_runs, name)
+
+
+def assert_layout_equals_one_process(layout_runs: LayoutRuns, name: str) -> None:
     expected, got = losses(layout_runs["one_process"]), losses(layout_runs[name])
     launcher, nproc, _ = LAYOUTS[name]
     assert f"layout: world {nproc} |" in layout_runs.logs[name]
@@ -68,3 +80,28 @@ def test_consolidated_weights_load_into_one_process_gpt_and_hugging_face(layout_
     idx = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(model(idx)[0], hf(idx).logits, atol=1e-5)
+
+
+def test_sparse_checkpoint_evaluates_generates_finetunes_but_is_not_exported(sparse_layout_runs, tmp_path,
+                                                                            capsys):
+    from megagpt import convert, evaluate, finetune, generate
+
+    run = sparse_layout_runs["one_process"]
+    model, _, _ = load_pretrained(run, device="cpu")
+    assert model.config.layer_attention == ["dense", "local"]
+    dense = GPT(replace(model.config, attention="dense", local_window=0)).eval()
+    dense.load_state_dict(model.state_dict())
+    idx = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the band was in effect: the same weights attend differently when dense
+        assert not torch.allclose(model.eval()(idx)[0], dense(idx)[0], atol=1e-4)
+    assert evaluate.main(["--checkpoint", str(run), "--task", "lambada", "--limit", "4"]) == 0
+    assert generate.main(["--checkpoint", str(run), "--prompt", "The", "--max-new", "40",
+                          "--temperature", "0"]) == 0
+    task = finetune.build_model(run, "classification", 2, random_init=False, seed=0)
+    assert isinstance(task.gpt.transformer.h[1].attn, LocalCausalSelfAttention)  # kept with the new tokens
+    logits, lm_loss = task(idx[:, None], torch.full((2, 1), 31))
+    (logits.sum() + lm_loss).backward()
+    capsys.readouterr()
+    assert convert.main(["to-hf", str(run), str(tmp_path / "hf")]) == 2
+    assert "GPT2LMHeadModel cannot express" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
