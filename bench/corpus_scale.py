@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.process_memory import run_measured  # noqa: E402
+from bench.report import save_results  # noqa: E402
 from megagpt.tokenizer import Tokenizer  # noqa: E402
 
 DOC_BYTES = 4000
@@ -94,12 +94,7 @@ def main() -> None:
     growth = max(runs[-1]["peak_rss_mib"]) / max(runs[0]["peak_rss_mib"])
     print(f"peak RSS at {runs[-1]['megabytes']:.0f} MB / at {runs[0]['megabytes']:.0f} MB: {growth:.2f}x "
           f"(goal <= 1.30x for 4x the corpus)")
-    out = {"ranks": args.ranks, "runs": runs, "peak_rss_growth": growth,
-           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "load_average_after": os.getloadavg()}}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save_results(args.json, {"ranks": args.ranks, "runs": runs, "peak_rss_growth": growth})
 
 
 if __name__ == "__main__":

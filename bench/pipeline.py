@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.process_memory import run_measured  # noqa: E402
+from bench.report import save_results  # noqa: E402
 from megagpt.tokenizer import Tokenizer  # noqa: E402
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -115,13 +115,8 @@ def main() -> None:
               f"{r['mb_per_s'] / r['ranks']:>10.2f}{r['speedup']:>8.2f}x{r['cpu_seconds']:>8.1f}"
               f"{r['documents']:>10}  {' '.join(f'{m:.0f}' for m in r['peak_rss_mib'])}")
     print(f"same manifest for every rank count: {same}")
-    out = {"input": str(DOCS), "format": kind, "pages": len(pages), "megabytes": megabytes, "runs": runs,
-           "same_output": same,
-           "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "load_average_after": os.getloadavg()}}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save_results(args.json, {"input": str(DOCS), "format": kind, "pages": len(pages), "megabytes": megabytes,
+                             "runs": runs, "same_output": same})
 
 
 if __name__ == "__main__":
