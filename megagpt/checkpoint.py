@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -317,8 +318,7 @@ def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[
     wrote it; returns the saved client state. Each rank reads only the pieces it owns now. Under
     another layout every rank takes rank 0's RNG (dropout streams cannot follow a change of layout)."""
     same_layout = saved_layout(path) == topo.layout
-    _link_adam_state(engine)  # Adam's state must exist to be loaded into
-    state = sharded_state(engine, topo, copy_to_host=False, for_load=True)
+    state = sharded_state(engine, topo, copy_to_host=False, for_load=True)  # Adam's state made first
     dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=_PiecesLoadPlanner())
     _install(engine, state)
     trainer = torch.load(path / TRAINER_STATE, weights_only=True)
@@ -397,8 +397,10 @@ def _weight_files(folder: Path) -> list[str]:
 def _read_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """Fill `state` (one-process names -> tensors of the full shape) from a checkpoint's fp32
     weights, in this process alone (no process group needed)."""
-    dcp.load({f"{STATES[0]}.{name}": tensor for name, tensor in state.items()},
-             storage_reader=dcp.FileSystemReader(folder), planner=DefaultLoadPlanner(), no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it reads in one process: that is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({f"{STATES[0]}.{name}": tensor for name, tensor in state.items()},
+                 storage_reader=dcp.FileSystemReader(folder), planner=DefaultLoadPlanner(), no_dist=True)
 
 
 def read_model_config(checkpoint_folder: str | Path) -> ModelConfig:
@@ -527,7 +529,8 @@ def sharded_state(engine: deepspeed.DeepSpeedEngine, topo: Topology, copy_to_hos
     "exp_avg_sq.NAME" by one-process name. For saving (for_load False) a parameter replicated over
     tp (LayerNorms, row-parallel biases) is taken from tp rank 0 only and the tied embedding from
     the first stage only: each piece is written once. `copy_to_host` copies the pieces to host
-    memory (async save: training goes on changing the originals)."""
+    memory (async save: training goes on changing the originals). Creates Adam's state where torch
+    has not yet (a resume before the first step): a load needs somewhere to put the moments."""
     _link_adam_state(engine)
     tp_size = topo.layout.tp
     state: dict[str, Pieces] = {}
