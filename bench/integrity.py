@@ -7,7 +7,7 @@ Shard: one webdataset shard of --tokens uint16 tokens in 1,000-token documents, 
 megagpt.data reads it (read_shard: parse the tar, load every document), without and with the
 manifest's sha256 (which reads the file into memory, hashes it, then parses from memory); also
 the sha256 of the bytes alone and the out-of-vocabulary check (the largest id). Checkpoint: a
-state of --params fp32 weights plus Adam's two moments, as the portable file of a checkpoint
+state of --params fp32 weights plus Adam's two moments, as a checkpoint (12 bytes a parameter)
 holds them, saved with torch.save then hashed (checkpoint.write_checksums, xxh3-128), verified
 (checkpoint.verify) and loaded (torch.load).
 All files are in the page cache, which is the case at save (just written) and the worst case for

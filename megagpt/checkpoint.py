@@ -1,15 +1,25 @@
-"""Save and resume training through DeepSpeed's engine, published atomically, portable across layouts.
+"""Save and resume training: one copy of the state, every rank writing its own part, resharded on load.
 
-A checkpoint is a folder `step00000050/` holding DeepSpeed's model, optimizer and scheduler state
-(sharded by ZeRO, tp and pp), the data position, every rank's RNG state, `layout.json`, and
-`portable/stage00.pt`, ...: per pipeline stage the whole fp32 weights and Adam moments under the
-one-process model's names, assembled over dp (ZeRO) and tp. Resuming under the same layout reads
-DeepSpeed's files (exact); under another layout it reads the portable files and cuts them for the
-new layout (DeepSpeed's universal checkpoint and torchtitan's DCP resharding do the same). It is written as
-`step00000050.tmp/` and renamed only once all ranks have finished, and `latest` is replaced
-atomically after that: a crash while saving leaves the previous checkpoint in charge, and the next
-save removes the partial `.tmp` folder. Only the newest `keep_last` published checkpoints stay, plus
-the one the run resumed from and the one `latest` names.
+A checkpoint is a folder `step00000050/` written with torch.distributed.checkpoint (DCP): each rank
+writes one file `__R_0.distcp` holding only what it owns (its ZeRO partition of the fp32 weights and
+of Adam's two moments, of its tensor-parallel slice, of its pipeline stage), and `.metadata` says,
+for every parameter of the one-process model, which rectangle of it each piece is. Under ZeRO-3 a
+rank's range of its tp slice is at most three rectangles (a partial row, whole rows, a partial row),
+views of its flat fp32 partition; a tp split into blocks (QKV) cuts them further. Nothing is written
+twice: tied and tp-replicated parameters are written by one rank only, about 12 bytes a parameter in
+fp32. Beside it: `trainer_state.pt` (Adam's step, lr schedule, step counts, client state: data
+position), `rng_rank00000.pt`, ... (each rank's generators), `layout.json`, `model_config.json` and
+the tokenizer. Loading under any layout (dp, tp, pp, ZeRO stage) asks DCP for exactly the
+rectangles the new rank owns, so each rank reads only those byte ranges and nobody holds the model.
+See docs/checkpoints.md for why DCP rather than DeepSpeed's own or universal checkpoints.
+
+The folder is written as `step00000050.tmp/`, renamed only once all ranks have finished, and
+`latest` is replaced atomically after that: a crash while saving leaves the previous checkpoint in
+charge, and the next save removes the partial `.tmp` folder. With `checkpoint.async_save` the state
+is copied to host memory and a background thread writes, hashes and publishes it while training
+continues (the coordination runs over a process group of its own, so it never interleaves with
+training collectives); the next save, and the end of the run, wait for it. Only the newest
+`keep_last` published checkpoints stay, plus the one the run resumed from and the one `latest` names.
 
 `checksums.json` records the size and xxh3-128 hash of every file, hashed at save by all ranks
 (each a share of the files), and verify() checks them before a resume: a truncated or overwritten
@@ -25,12 +35,16 @@ folder* (written by `megagpt.convert from-hf` and `megagpt.finetune`) has the sa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,29 +53,48 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import xxhash
-import yaml
 from deepspeed.accelerator import get_accelerator
 from deepspeed.utils import (
-    safe_get_full_fp32_param,
-    safe_get_full_optimizer_state,
-    safe_set_full_optimizer_state,
+    safe_get_local_fp32_param,
+    safe_get_local_optimizer_state,
+    safe_set_local_fp32_param,
+    safe_set_local_optimizer_state,
 )
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    MetadataIndex,
+    TensorProperties,
+    TensorStorageMetadata,
+)
+from torch.distributed.checkpoint.planner import (
+    LoadPlan,
+    ReadItem,
+    SavePlan,
+    TensorWriteData,
+    WriteItem,
+    WriteItemType,
+)
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
 from megagpt.parallel.pipeline import PipelineGPT
-from megagpt.parallel.tensor import gather_split, take_split
 from megagpt.parallel.topology import Layout, Topology
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 
+log = logging.getLogger("megagpt.checkpoint")
 LATEST = "latest"
 TAG = re.compile(r"step(\d{8})")
 MODEL_CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
-PORTABLE = "portable"
-MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam's state besides the step count
+METADATA = ".metadata"  # DCP's: which piece of which parameter is where
+TRAINER_STATE = "trainer_state.pt"
+LAYOUT = "layout.json"
+STATES = ("param", "exp_avg", "exp_avg_sq")  # fp32 master weight and Adam's moments, per parameter
 CHECKSUMS = "checksums.json"
 
 
@@ -77,38 +110,82 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def save(engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path, step: int,
-         client_state: dict[str, Any], model_config: ModelConfig, tokenizer: AnyTokenizer,
-         keep_last: int = 0, keep: Path | None = None) -> Path:
-    """Write the checkpoint of `step` on all ranks; returns its published folder.
+class Checkpointer:
+    """Saves the checkpoints of one run; with `async_save` each is written by a background thread.
 
-    Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and neither
-    `keep` (the checkpoint the run resumed from) nor the one just written is deleted.
-    """
-    tag = tag_for(step)
-    tmp_tag = f"{tag}.tmp"
-    rank = dist.get_rank()
-    if rank == 0:  # partial folders of a save that crashed; none is in use, `latest` never names one
-        for stale in folder.glob("step*.tmp"):
-            shutil.rmtree(stale)
-    dist.barrier()
-    engine.save_checkpoint(str(folder), tag=tmp_tag, client_state=client_state, save_latest=False)
-    torch.save(_rng_state(), folder / tmp_tag / f"rng_rank{rank:05d}.pt")
-    _save_portable(engine, topo, folder / tmp_tag, client_state)
-    if rank == 0:
-        write_description(folder / tmp_tag, model_config, tokenizer)
-    dist.barrier()
-    write_checksums(folder / tmp_tag, rank, dist.get_world_size())
-    final = folder / tag
-    if rank == 0:
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(folder / tmp_tag, final)
-        _write_atomic(folder / LATEST, tag)
-        if keep_last:
-            prune(folder, keep_last, keep)
-    dist.barrier()
-    return final
+    Create it on every rank at the same point (it makes a gloo process group, a collective)."""
+
+    def __init__(self, engine: deepspeed.DeepSpeedEngine, topo: Topology, folder: Path,
+                 model_config: ModelConfig, tokenizer: AnyTokenizer, keep_last: int = 0,
+                 keep: Path | None = None, async_save: bool = False):
+        self.engine, self.topo, self.folder = engine, topo, Path(folder)
+        self.model_config, self.tokenizer = model_config, tokenizer
+        self.keep_last, self.keep, self.async_save = keep_last, keep, async_save
+        # DCP's planning, the checksums and the publish barrier run here, never on the training
+        # groups: an async save's thread would otherwise interleave its collectives with training's.
+        self.group = dist.new_group(backend="gloo")
+        self._writer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def save(self, step: int, client_state: dict[str, Any]) -> Path:
+        """Checkpoint `step` on all ranks; returns the folder it is (or, async, will be) published as.
+
+        Afterwards only the newest `keep_last` published checkpoints remain (0 keeps all), and neither
+        `keep` (the checkpoint the run resumed from) nor the one just written is deleted."""
+        self.wait()  # one save at a time: its .tmp folder, then `latest`, in step order
+        # Everything the step's state is, taken now: with async_save a host copy, since training goes
+        # on changing the weights; otherwise views of the live buffers, written before this returns.
+        state = sharded_state(self.engine, self.topo, copy_to_host=self.async_save)
+        extra = {"trainer": copy.deepcopy(_trainer_state(self.engine, client_state)), "rng": _rng_state()}
+        if not self.async_save:
+            return self._write(step, state, extra)
+        self._writer = threading.Thread(target=self._write_in_background, args=(step, state, extra),
+                                        name=f"checkpoint-{tag_for(step)}", daemon=True)
+        self._writer.start()
+        return self.folder / tag_for(step)
+
+    def wait(self) -> None:
+        """Block until a background save has been published; raise its error if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _write_in_background(self, step: int, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        try:
+            log.info("checkpoint %s written in the background", self._write(step, state, extra))
+        except BaseException as e:  # re-raised by wait(), in the training thread
+            self._failure = e
+
+    def _write(self, step: int, state: dict[str, Any], extra: dict[str, Any]) -> Path:
+        tag, folder, group = tag_for(step), self.folder, self.group
+        tmp = folder / f"{tag}.tmp"
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if rank == 0:  # partial folders of a save that crashed; none is in use, `latest` never names one
+            for stale in folder.glob("step*.tmp"):
+                shutil.rmtree(stale)
+        dist.barrier(group=group)
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), planner=_PiecesSavePlanner(),
+                 process_group=group)
+        torch.save(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
+        if rank == 0:
+            torch.save(extra["trainer"], tmp / TRAINER_STATE)
+            (tmp / LAYOUT).write_text(json.dumps(dataclasses.asdict(self.topo.layout)))
+            write_description(tmp, self.model_config, self.tokenizer)
+        dist.barrier(group=group)
+        write_checksums(tmp, rank, world, group)
+        final = folder / tag
+        if rank == 0:
+            if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_atomic(folder / LATEST, tag)
+            if self.keep_last:
+                prune(folder, self.keep_last, self.keep)
+        dist.barrier(group=group)
+        return final
 
 
 def published(folder: Path) -> list[Path]:
@@ -160,16 +237,17 @@ def previous(path: Path) -> Path | None:
     return earlier[-1] if earlier else None
 
 
-def write_checksums(path: Path, rank: int = 0, world: int = 1) -> None:
+def write_checksums(path: Path, rank: int = 0, world: int = 1, group: dist.ProcessGroup | None = None
+                    ) -> None:
     """Record size and xxh3-128 hash of every file under `path` in checksums.json. With world > 1 a
-    collective: each rank hashes a share of the files (reading back what was just written, from
-    the page cache) and rank 0 writes the merged list."""
+    collective over `group` (default: the world): each rank hashes a share of the files (reading
+    back what was just written, from the page cache) and rank 0 writes the merged list."""
     names = _files(path)
     mine = {name: _digest(path / name) for name in names[rank::world]}
     shares = [mine]
     if world > 1:
         shares = [None] * world
-        dist.all_gather_object(shares, mine)
+        dist.all_gather_object(shares, mine, group=group)
     if rank == 0:
         merged = {name: entry for share in shares for name, entry in share.items()}
         (path / CHECKSUMS).write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
@@ -177,14 +255,13 @@ def write_checksums(path: Path, rank: int = 0, world: int = 1) -> None:
 
 def verify(path: Path, names: list[str] | None = None, rank: int = 0, world: int = 1) -> None:
     """Raise DamagedCheckpoint naming the first file of `path` (of `names`, when given) that is
-    missing or differs from checksums.json, and the checkpoint to use instead. Folders written before
-    checksums existed pass unchecked. With world > 1 a collective: each rank checks a share and all
-    raise the same error."""
+    missing or differs from checksums.json, and the checkpoint to use instead. With world > 1 a
+    collective: each rank checks a share and all raise the same error."""
     record = path / CHECKSUMS
-    if not record.is_file():
-        return
     try:
         expected = json.loads(record.read_text())
+    except FileNotFoundError:
+        problems = [f"{record} is missing (every checkpoint and model folder megagpt writes has one)"]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         problems = [f"{record} is unreadable ({e})"]
     else:
@@ -227,28 +304,35 @@ def _problem(file: Path, expected: dict[str, Any] | None) -> str | None:
     return None
 
 
-def saved_layout(path: Path) -> Layout | None:
-    """The layout that wrote the checkpoint `path` (None for one written before layouts were recorded)."""
-    file = path / "layout.json"
-    return Layout(**json.loads(file.read_text())) if file.is_file() else None
+def saved_layout(path: Path) -> Layout:
+    """The layout that wrote the checkpoint `path`."""
+    file = path / LAYOUT
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: {path} is not a megagpt training checkpoint (or is "
+                              "damaged); resume from another one")
+    return Layout(**json.loads(file.read_text()))
 
 
 def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
-    """Restore engine state and the RNG from `path`; returns the saved client state.
-
-    Under the layout that wrote it, DeepSpeed's own files are read. Under another, the portable
-    files: weights, Adam moments and step, lr schedule and step count; the RNG of rank 0 (dropout
-    streams cannot follow a change of layout anyway)."""
-    if saved_layout(path) in (None, topo.layout):
-        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
-        if load_path is None:
-            raise FileNotFoundError(f"DeepSpeed found no checkpoint in {path}")
-        rng_file = path / f"rng_rank{dist.get_rank():05d}.pt"
-    else:
-        client_state = _load_portable(engine, topo, path)
-        rng_file = path / f"rng_rank{0:05d}.pt"
+    """Restore weights, Adam state, lr schedule, step counts and RNG from `path`, whatever layout
+    wrote it; returns the saved client state. Each rank reads only the pieces it owns now. Under
+    another layout every rank takes rank 0's RNG (dropout streams cannot follow a change of layout)."""
+    same_layout = saved_layout(path) == topo.layout
+    state = sharded_state(engine, topo, copy_to_host=False, for_load=True)  # Adam's state made first
+    dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=_PiecesLoadPlanner())
+    _install(engine, state)
+    trainer = torch.load(path / TRAINER_STATE, weights_only=True)
+    for adam in engine.optimizer.optimizer.state.values():
+        adam["step"].fill_(trainer["adam_step"])
+    engine.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
+    # load_state_dict restores the schedule's position but leaves the optimizer at the first rate.
+    for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+        group["lr"] = lr
+    engine.global_steps = trainer["global_steps"]
+    engine.global_samples = trainer["global_samples"]
+    rng_file = path / f"rng_rank{dist.get_rank() if same_layout else 0:05d}.pt"
     _set_rng_state(torch.load(rng_file, weights_only=True))
-    return client_state
+    return trainer["client_state"]
 
 
 def write_description(folder: Path, model_config: ModelConfig, tokenizer: AnyTokenizer) -> None:
@@ -283,68 +367,83 @@ def resolve(path: str | Path) -> Path:
 
 
 def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Tensor]:
-    """The full fp32 model state of a checkpoint folder, whatever layout wrote it (its portable/
-    files), or of a model folder, keyed like GPT.state_dict() (lm_head.weight is the tied wte)."""
+    """The full fp32 model state of a checkpoint folder, whatever layout wrote it, or of a model
+    folder, keyed like GPT.state_dict() (lm_head.weight is the tied wte). One copy: each parameter
+    is read from its pieces straight into its own tensor."""
     folder = resolve(checkpoint_folder)
     if (folder / WEIGHTS).is_file():
         verify(folder, [WEIGHTS])
-        state = load_file(str(folder / WEIGHTS))
-    elif (folder / PORTABLE).is_dir():
-        verify(folder, [str(f.relative_to(folder)) for f in _portable_files(folder)])
-        state = {name: states["param"] for name, states in _read_portable(folder)[0].items()}
+        state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
+    elif (folder / METADATA).is_file():
+        verify(folder, _weight_files(folder))
+        metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+        prefix = f"{STATES[0]}."
+        state = {fqn.removeprefix(prefix): torch.empty(md.size, dtype=md.properties.dtype)
+                 for fqn, md in metadata.items() if fqn.startswith(prefix)}
+        _read_weights(folder, state)
     else:
         raise FileNotFoundError(
-            f"{folder} holds neither {WEIGHTS} nor {PORTABLE}/: pass a checkpoint folder "
+            f"{folder} holds neither {WEIGHTS} nor a checkpoint's {METADATA}: pass a checkpoint folder "
             "(stepNNNNNNNN), a checkpoints/ or run folder with `latest`, or a model folder"
         )
-    state = {k: v.float() for k, v in state.items()}
     state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied
     return state
 
 
+def _weight_files(folder: Path) -> list[str]:
+    return [METADATA, *sorted(f.name for f in folder.glob("*.distcp"))]
+
+
+def _read_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Fill `state` (one-process names -> tensors of the full shape) from a checkpoint's fp32
+    weights, in this process alone (no process group needed)."""
+    with warnings.catch_warnings():  # DCP warns that it reads in one process: that is the point here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({f"{STATES[0]}.{name}": tensor for name, tensor in state.items()},
+                 storage_reader=dcp.FileSystemReader(folder), planner=DefaultLoadPlanner(), no_dist=True)
+
+
 def read_model_config(checkpoint_folder: str | Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint: its model_config.json, or for checkpoints written before
-    those existed, the model section of the run's config.yaml two folders up."""
+    """The ModelConfig of a checkpoint or model folder: its model_config.json."""
     folder = resolve(checkpoint_folder)
-    if (folder / MODEL_CONFIG).is_file():
-        return ModelConfig(**json.loads((folder / MODEL_CONFIG).read_text()))
-    run_config = folder.parent.parent / "config.yaml"
-    if run_config.is_file():
-        return ModelConfig(**yaml.safe_load(run_config.read_text())["model"])
-    raise FileNotFoundError(f"{folder} has no {MODEL_CONFIG} (and no run config.yaml beside its "
-                            "checkpoints/): write one with the model's shape, as megagpt.config.ModelConfig")
+    if not (folder / MODEL_CONFIG).is_file():
+        raise FileNotFoundError(f"{folder} has no {MODEL_CONFIG}: pass a checkpoint or model folder "
+                                "megagpt wrote (they all describe their model)")
+    return ModelConfig(**json.loads((folder / MODEL_CONFIG).read_text()))
 
 
 def find_tokenizer(checkpoint_folder: str | Path) -> AnyTokenizer:
-    """The tokenizer saved in a checkpoint, or for older checkpoints the one its run's data used."""
-    folder = resolve(checkpoint_folder)
-    try:
-        return load_tokenizer(folder)
-    except FileNotFoundError:
-        run_config = folder.parent.parent / "config.yaml"
-        if not run_config.is_file():
-            raise
-        data = Path(yaml.safe_load(run_config.read_text())["data"]["path"])  # as the run saw it
-        manifest = json.loads((data / "manifest.json").read_text())
-        return load_tokenizer(data, manifest["tokenizer"]["file"])
+    """The tokenizer saved in a checkpoint or model folder."""
+    return load_tokenizer(resolve(checkpoint_folder))
 
 
 def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | None = None
                     ) -> tuple[GPT, AnyTokenizer, torch.device]:
     """The model (eval mode, on the accelerator unless `device` says otherwise), its tokenizer and
-    the device, from any checkpoint or model folder."""
+    the device, from any checkpoint or model folder. Checkpoint weights are read straight into the
+    model's own tensors, parameter by parameter, never held twice."""
     device = torch.device(device or get_accelerator().device_name())
-    model = GPT(read_model_config(checkpoint_folder))
-    state = consolidated_state_dict(checkpoint_folder)
-    _check_weights_fit(model, state, resolve(checkpoint_folder))
-    model.load_state_dict(state)
-    return model.to(device).eval(), find_tokenizer(checkpoint_folder), device
+    folder = resolve(checkpoint_folder)
+    model = GPT(read_model_config(folder))
+    if (folder / METADATA).is_file():
+        verify(folder, _weight_files(folder))
+        metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
+        saved = {fqn.removeprefix(f"{STATES[0]}."): tuple(md.size) for fqn, md in metadata.items()
+                 if fqn.startswith(f"{STATES[0]}.") and isinstance(md, TensorStorageMetadata)}
+        _check_weights_fit(model, saved, folder)
+        own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+        _read_weights(folder, own)
+    else:
+        state = consolidated_state_dict(folder)
+        _check_weights_fit(model, {k: tuple(v.shape) for k, v in state.items() if k != "lm_head.weight"},
+                           folder)
+        model.load_state_dict(state)
+    return model.to(device).eval(), find_tokenizer(folder), device
 
 
-def _check_weights_fit(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """Refuse weights whose names or shapes are not those model_config.json describes, naming both."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in state.items()}
+def _check_weights_fit(model: GPT, got: dict[str, tuple[int, ...]], folder: Path) -> None:
+    """Refuse weights (name -> shape) that are not those model_config.json describes, naming both."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name != "lm_head.weight"}
     wrong = [f"{name} is {got[name]} in the weights but {shape} by the config"
              for name, shape in expected.items() if name in got and got[name] != shape]
     wrong += [f"{name} is missing from the weights" for name in expected.keys() - got.keys()]
@@ -361,75 +460,200 @@ def _check_weights_fit(model: GPT, state: dict[str, torch.Tensor], folder: Path)
 
 
 def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
-    """This rank's parameters with their one-process names, in the same order on every rank of a
-    dp or tp group (the collectives below rely on it)."""
+    """This rank's parameters with their one-process names."""
     module = engine.module
     for name, param in module.named_parameters():
         yield (module.serial_name(name) if isinstance(module, PipelineGPT) else name), param
 
 
-def _save_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path,
-                   client_state: dict[str, Any]) -> None:
+@dataclasses.dataclass
+class Pieces:
+    """A rank's part of one state (weight or moment) of one parameter: rectangles of the
+    one-process tensor of shape `shape`, keyed by their offsets in it. `flat` is the rank's
+    contiguous range that the rectangles are views of (what a load writes back to DeepSpeed)."""
+
+    shape: torch.Size
+    flat: torch.Tensor
+    rectangles: dict[tuple[int, ...], torch.Tensor]
+
+    def chunks(self) -> list[ChunkStorageMetadata]:
+        return [ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=view.shape)
+                for offsets, view in self.rectangles.items()]
+
+
+def rectangles(flat: torch.Tensor, start: int, local_shape: tuple[int, ...], split: tuple[int, int] | None,
+               tp_rank: int, tp_size: int) -> dict[tuple[int, ...], torch.Tensor]:
+    """`flat`, elements [start, start + len) of this rank's row-major tp slice of shape local_shape,
+    as views shaped like rectangles of the one-process tensor, keyed by their offsets there.
+
+    A range of a matrix is a partial row, whole rows and a partial row. The tp slice (take_split)
+    holds, of each of `parts` equal blocks along `dim`, the tp_rank-th of tp_size pieces, so a
+    rectangle crossing a block boundary along `dim` is cut there."""
+    end = start + flat.numel()
+    local: list[tuple[tuple[int, ...], torch.Tensor]] = []
+    if len(local_shape) == 1:
+        if end > start:
+            local.append(((start,), flat))
+    else:
+        cols = local_shape[1]
+        pos = start
+        while pos < end:
+            row, col = divmod(pos, cols)
+            if col or end - pos < cols:  # a partial row
+                span = min(cols - col, end - pos)
+                local.append(((row, col), flat[pos - start:pos - start + span].view(1, span)))
+            else:  # whole rows
+                span = (end - pos) // cols * cols
+                local.append(((row, 0), flat[pos - start:pos - start + span].view(-1, cols)))
+            pos += span
+    if split is None:
+        return dict(local)
+    dim, parts = split
+    block = local_shape[dim] // parts
+    out = {}
+    for offsets, view in local:
+        lo, hi = offsets[dim], offsets[dim] + view.shape[dim]
+        while lo < hi:
+            b = lo // block
+            upto = min(hi, (b + 1) * block)
+            where = list(offsets)
+            where[dim] = b * block * tp_size + tp_rank * block + lo - b * block
+            out[tuple(where)] = view.narrow(dim, lo - offsets[dim], upto - lo)
+            lo = upto
+    return out
+
+
+def sharded_state(engine: deepspeed.DeepSpeedEngine, topo: Topology, copy_to_host: bool,
+                  for_load: bool = False) -> dict[str, Pieces]:
+    """This rank's fp32 weights and Adam moments as Pieces, keyed "param.NAME", "exp_avg.NAME",
+    "exp_avg_sq.NAME" by one-process name. For saving (for_load False) a parameter replicated over
+    tp (LayerNorms, row-parallel biases) is taken from tp rank 0 only and the tied embedding from
+    the first stage only: each piece is written once. `copy_to_host` copies the pieces to host
+    memory (async save: training goes on changing the originals). Creates Adam's state where torch
+    has not yet (a resume before the first step): a load needs somewhere to put the moments."""
     _link_adam_state(engine)
-    states: dict[str, dict[str, torch.Tensor]] = {}
+    tp_size = topo.layout.tp
+    state: dict[str, Pieces] = {}
     for name, param in _local_parameters(engine):
-        # Collective over dp (ZeRO shards), then over tp (slices): every rank takes part.
-        full = {"param": safe_get_full_fp32_param(param)}
-        full.update({key: safe_get_full_optimizer_state(param, key) for key in MOMENTS})
-        if any(value is None for value in full.values()):
-            raise RuntimeError(f"{name}: no ZeRO fp32 state to save; megagpt runs ZeRO stages 1-3")
         split = getattr(param, "tp_split", None)
+        if not for_load and ((split is None and topo.tp_rank) or (name.startswith("transformer.wte.")
+                                                                   and topo.pp_rank)):
+            continue
+        local_shape = tuple(getattr(param, "ds_shape", param.shape))
+        shape = list(local_shape)
         if split is not None:
-            full = {key: gather_split(value, split, topo.tp_group) for key, value in full.items()}
-        states[name] = {key: value.detach().cpu() for key, value in full.items()}
-    if topo.dp_rank == 0 and topo.tp_rank == 0:
-        (path / PORTABLE).mkdir(exist_ok=True)
-        extra = {"step": _adam_step(engine), "global_steps": engine.global_steps,
-                 "global_samples": engine.global_samples,
-                 "lr_scheduler": engine.lr_scheduler.state_dict(), "client_state": client_state}
-        torch.save({"states": states, **extra}, path / PORTABLE / f"stage{topo.pp_rank:02d}.pt")
-    if dist.get_rank() == 0:
-        (path / "layout.json").write_text(json.dumps(topo.layout.__dict__))
+            shape[split[0]] *= tp_size
+        for key in STATES:
+            start, flat = _local_range(param, key, name)
+            if copy_to_host or (for_load and hasattr(param, "ds_tensor")):
+                # A host copy to write from, or (ZeRO-3) to read into and hand to DeepSpeed in _install:
+                # its getter returns a copy, not its storage, where the fp32 state is offloaded.
+                flat = flat.to("cpu", copy=True)
+            pieces = rectangles(flat, start, local_shape, split, topo.tp_rank, tp_size)
+            state[f"{key}.{name}"] = Pieces(torch.Size(shape), flat, pieces)
+    return state
 
 
-def _portable_files(path: Path) -> list[Path]:
-    return sorted((path / PORTABLE).glob("stage*.pt"))
+def _local_range(param: torch.nn.Parameter, key: str, name: str) -> tuple[int, torch.Tensor]:
+    """(start, values): this rank's ZeRO range of `param`'s (tp-local, flattened) fp32 weight or
+    Adam moment `key`, padding cut."""
+    if hasattr(param, "ds_tensor"):  # ZeRO-3: equal ceil-sized partitions, the last one padded
+        size = param.ds_tensor.ds_numel
+        start = min(param.ds_numel, size * dist.get_rank(group=param.ds_process_group))
+        return start, _get_local(param, key)[: min(size, param.ds_numel - start)]
+    mapping = getattr(param, "_hp_mapping", None)  # ZeRO-1/2: a fragment of the flat partition, or none
+    if mapping is None:
+        if hasattr(param, "_hp_mapping"):
+            return 0, torch.empty(0)
+        raise CheckpointError(f"{name}: no ZeRO fp32 state to checkpoint; megagpt checkpoints ZeRO stages "
+                              "1-3: set parallel.zero_stage to 1, 2, 3 or auto")
+    value = mapping.hp_fragment if key == STATES[0] else mapping.get_optim_state_fragment(key)
+    return mapping.lp_fragment_address.start, value.flatten()
 
 
-def _read_portable(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    files = _portable_files(path)
-    if not files:
-        raise FileNotFoundError(f"{path / PORTABLE} holds no stage files: not a megagpt checkpoint folder")
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for file in files:  # the tied embedding is in the first and the last stage, equal in both
-        saved = torch.load(file, weights_only=True, mmap=True)
-        states.update(saved.pop("states"))
-    return states, saved
-
-
-def _load_portable(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
-    states, saved = _read_portable(path)
-    _link_adam_state(engine)
+def _install(engine: deepspeed.DeepSpeedEngine, state: dict[str, Pieces]) -> None:
+    """After a load into `state`: hand ZeRO-3's fp32 ranges to DeepSpeed, and refresh the model's own
+    (bf16 on a GPU) weights from the fp32 ones, which the optimizer does not do until its next step.
+    ZeRO-1/2's ranges were views of DeepSpeed's storage: loaded in place."""
     for name, param in _local_parameters(engine):
-        if name not in states:
-            raise KeyError(f"{path}: no weights for {name}; was it written for another model shape?")
-        full = states[name]
-        split = getattr(param, "tp_split", None)
-        if split is not None:
-            full = {key: take_split(value, split, topo.tp_group) for key, value in full.items()}
-        _set_weight(param, full["param"].to(param.device), topo)
-        for key in MOMENTS:
-            safe_set_full_optimizer_state(param, full[key].to(param.device), key)
-    engine.optimizer.refresh_fp32_params()  # the optimizer's fp32 master copy from the weights set
-    for state in engine.optimizer.optimizer.state.values():
-        state["step"].fill_(saved["step"])
-    engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-    # load_state_dict restores the schedule's position but leaves the optimizer at the first rate.
-    for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
-        group["lr"] = lr
-    engine.global_steps = saved["global_steps"]
-    engine.global_samples = saved["global_samples"]
-    return saved["client_state"]
+        if not hasattr(param, "ds_tensor"):
+            continue
+        for key in STATES:
+            loaded = state[f"{key}.{name}"].flat
+            padded = _get_local(param, key).detach().clone()  # the setters take the padded partition
+            padded[: loaded.numel()].copy_(loaded)
+            if key == STATES[0]:
+                safe_set_local_fp32_param(param, padded)
+                # The partition the forward gathers: the setter updates only the fp32 master.
+                param.ds_tensor.data.copy_(padded.to(param.ds_tensor.device, param.ds_tensor.dtype))
+            else:
+                safe_set_local_optimizer_state(param, padded, key)
+    if hasattr(engine.optimizer, "update_lp_params"):  # ZeRO-1/2: fp32 partitions -> all weights
+        engine.optimizer.update_lp_params()
+
+
+def _get_local(param: torch.nn.Parameter, key: str) -> torch.Tensor:
+    """ZeRO-3's padded partition of `param`'s fp32 weight or Adam moment `key`."""
+    if key == STATES[0]:
+        return safe_get_local_fp32_param(param)
+    return safe_get_local_optimizer_state(param, key)
+
+
+class _PiecesSavePlanner(DefaultSavePlanner):
+    """DCP's default planner, writing each Pieces entry as its rectangles of the one-process tensor."""
+
+    def __init__(self):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+    def create_local_plan(self) -> SavePlan:
+        items = []
+        for fqn, pieces in self.state_dict.items():
+            properties = TensorProperties(dtype=pieces.flat.dtype)
+            items += [WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.SHARD,
+                                tensor_data=TensorWriteData(chunk, properties, pieces.shape))
+                      for chunk in pieces.chunks()]
+        self.plan = SavePlan(items)
+        return self.plan
+
+    def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
+        return self.state_dict[write_item.index.fqn].rectangles[tuple(write_item.index.offset)]
+
+
+class _PiecesLoadPlanner(DefaultLoadPlanner):
+    """DCP's default planner, reading into each Pieces entry the parts of the saved pieces that
+    overlap its rectangles (and nothing else)."""
+
+    def __init__(self):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+    def set_up_planner(self, state_dict: dict[str, Pieces], metadata: Any = None,
+                       is_coordinator: bool = False) -> None:
+        # The default's set-up deep-copies values it does not know (Pieces): they must stay views.
+        self.state_dict = self.original_state_dict = state_dict
+        self.metadata, self.is_coordinator = metadata, is_coordinator
+
+    def create_local_plan(self) -> LoadPlan:
+        saved = self.metadata.state_dict_metadata
+        items: list[ReadItem] = []
+        for fqn, pieces in self.state_dict.items():
+            md = saved.get(fqn)
+            if md is None or tuple(md.size) != tuple(pieces.shape):
+                got = "nothing" if md is None else f"shape {tuple(md.size)}"
+                raise CheckpointError(f"the checkpoint holds {got} for {fqn}, this model has shape "
+                                      f"{tuple(pieces.shape)}: resume with the model it was saved with")
+            items += create_read_items_for_chunk_list(fqn, md, pieces.chunks())
+        return LoadPlan(items)
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        index = read_item.dest_index
+        rectangle = self.state_dict[index.fqn].rectangles[tuple(index.offset)]
+        return self.transform_tensor(read_item, rectangle)  # the part of it this read fills
+
+
+def _trainer_state(engine: deepspeed.DeepSpeedEngine, client_state: dict[str, Any]) -> dict[str, Any]:
+    return {"adam_step": _adam_step(engine), "global_steps": engine.global_steps,
+            "global_samples": engine.global_samples, "lr_scheduler": engine.lr_scheduler.state_dict(),
+            "client_state": client_state}
 
 
 def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
@@ -448,16 +672,6 @@ def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
     if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
         zero._hp_optimizer_states_linked = False
         zero._lazy_init_hp_params_optimizer_state()
-
-
-def _set_weight(param: torch.nn.Parameter, value: torch.Tensor, topo: Topology) -> None:
-    if hasattr(param, "ds_tensor"):  # ZeRO-3: this dp rank's flat slice of the (padded) parameter
-        size = param.ds_tensor.ds_numel
-        start = size * topo.dp_rank
-        flat = value.flatten()[start:start + size]
-        param.ds_tensor.data[: flat.numel()].copy_(flat)
-    else:
-        param.data.copy_(value)
 
 
 def _adam_step(engine: deepspeed.DeepSpeedEngine) -> float:

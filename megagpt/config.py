@@ -187,6 +187,9 @@ class CheckpointConfig:
     dir: str = ""  # "" means <log.dir>/checkpoints
     interval: int = 0  # steps between checkpoints; 0 saves only at the end (and on SIGTERM / SIGUSR1)
     keep_last: int = 3  # published checkpoints kept (the one resumed from too); 0 keeps all
+    # Copy the state to host memory and write it from a background thread while training goes on;
+    # `latest` moves once every rank has written its part. Costs a host copy of the rank's share.
+    async_save: bool = False
 
 
 @dataclass

@@ -224,11 +224,9 @@ def run_eval_tasks(engine: deepspeed.DeepSpeedEngine, tokenizer: Tokenizer, cfg:
 def train(cfg: RunConfig) -> int:
     """Run the loop; returns the exit code (preemption.REQUEUE_EXIT_CODE when stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
-    rank, world = dist.get_rank(), dist.get_world_size()
-    layout = plan_layout(cfg, world)  # refuses an impossible layout before any compute
+    layout = plan_layout(cfg, dist.get_world_size())  # refuses an impossible layout before any compute
     on_gpu = get_accelerator().device_name() != "cpu"
     log.info("layout: %s | %s", layout.describe(cfg, on_gpu), get_accelerator().device_name())
-    run_dir = Path(cfg.log.dir)
     check_writable(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None
@@ -243,19 +241,35 @@ def train(cfg: RunConfig) -> int:
     topo = Topology(layout)
     engine, filled = build_engine(cfg, topo)
     t = cfg.train
-    global_batch = t.micro_batch_size * t.grad_accum * layout.dp
     log.info("ds_config: filled %s", "; ".join(filled))
 
     state, skipped = DataState(), 0
     if resume_from is not None:
-        if checkpoint.saved_layout(resume_from) not in (None, layout):
-            log.info("resuming under another layout than %s's: reading its portable weights and Adam "
-                     "state", resume_from.name)
+        if checkpoint.saved_layout(resume_from) != layout:
+            log.info("resuming under another layout than %s's: each rank reads its new share of the "
+                     "weights and Adam state", resume_from.name)
         client = checkpoint.load(engine, topo, resume_from)
         state, skipped = DataState(**client["data"]), client.get("skipped_steps", 0)
         log.info("resumed from %s at step %d (epoch %d, window %d)", resume_from,
                  engine.global_steps, state.epoch, state.window)
     batches = RankBatches(train_data, t.micro_batch_size, topo.dp_rank, layout.dp, state)
+    saver = checkpoint.Checkpointer(engine, topo, cfg.checkpoint_dir, cfg.model, tokenizer,
+                                    cfg.checkpoint.keep_last, keep=resume_from,
+                                    async_save=cfg.checkpoint.async_save)
+    try:
+        return train_loop(cfg, engine, topo, batches, saver, train_data, valid_data, tokenizer, stop, skipped)
+    finally:
+        saver.wait()  # a background save in flight is finished (and published) before the run ends
+
+
+def train_loop(cfg: RunConfig, engine: deepspeed.DeepSpeedEngine, topo: Topology, batches: RankBatches,
+               saver: checkpoint.Checkpointer, train_data: ShardDataset | MixtureDataset,
+               valid_data: ShardDataset | None, tokenizer: Tokenizer, stop: preemption.StopRequest,
+               skipped: int) -> int:
+    """Steps until train.max_steps (or a stop signal), logging, evaluating and checkpointing."""
+    t, layout, rank, world = cfg.train, topo.layout, dist.get_rank(), dist.get_world_size()
+    run_dir = Path(cfg.log.dir)
+    global_batch = t.micro_batch_size * t.grad_accum * layout.dp
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -321,10 +335,10 @@ def train(cfg: RunConfig) -> int:
         if last or stopping or cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             client = {"data": batches.state.to_dict(), "tokenizer_sha256": train_data.tokenizer_sha256,
                       "skipped_steps": skipped}
-            path = checkpoint.save(engine, topo, cfg.checkpoint_dir, step, client, cfg.model, tokenizer,
-                                   cfg.checkpoint.keep_last, keep=resume_from)
-            log.info("checkpoint %s", path)
+            path = saver.save(step, client)
+            log.info("checkpoint %s%s", path, " being written in the background" if saver.async_save else "")
         if stopping:
+            saver.wait()  # requeued only once the checkpoint is published
             log.warning("stopped by %s after step %d; exiting with %d to be requeued",
                         stop.received or "a signal on another rank", step, preemption.REQUEUE_EXIT_CODE)
             metrics.close()

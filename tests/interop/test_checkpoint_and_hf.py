@@ -79,5 +79,5 @@ def test_exported_sentencepiece_tokenizer_gives_the_same_ids_in_transformers(cor
 def test_import_refuses_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
     assert convert.main(["from-hf", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor portable/"):
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor a checkpoint's .metadata"):
         checkpoint.consolidated_state_dict(tmp_path)

@@ -58,8 +58,8 @@ def make_checkpoints(folder: Path, *steps: int) -> None:
     """Published checkpoint folders with a file each and their checksums, as save() leaves them."""
     for step in steps:
         path = folder / checkpoint.tag_for(step)
-        (path / "portable").mkdir(parents=True)
-        (path / "portable" / "stage00.pt").write_bytes(bytes(range(256)) * 4 * step)
+        path.mkdir(parents=True)
+        (path / "__0_0.distcp").write_bytes(bytes(range(256)) * 4 * step)
         (path / "model_config.json").write_text("{}\n")
         checkpoint.write_checksums(path)
 
@@ -80,7 +80,7 @@ def test_empty_or_garbled_latest_names_the_file_and_the_newest_checkpoint(tmp_pa
 def test_damaged_checkpoint_files_are_named_with_the_previous_checkpoint(tmp_path):
     make_checkpoints(tmp_path, 10, 20)
     newest = tmp_path / "step00000020"
-    weights = newest / "portable" / "stage00.pt"
+    weights = newest / "__0_0.distcp"
     checkpoint.verify(newest)  # intact: passes
 
     data = weights.read_bytes()
@@ -214,7 +214,7 @@ def test_skipping_non_finite_steps_leaves_the_weights_unchanged_and_counts_them(
     for step in (3, 5):  # skipped: not a single weight moved
         assert all(torch.equal(two[k], v) for k, v in weights(step).items()), step
     state = json.loads((run / "checkpoints" / "step00000005" / "checksums.json").read_text())
-    assert "portable/stage00.pt" in state
+    assert {"__0_0.distcp", ".metadata", "trainer_state.pt"} <= set(state)
 
 
 @pytest.mark.slow
@@ -223,7 +223,7 @@ def test_damaged_latest_falls_back_under_auto_and_is_named_otherwise(corpus, tmp
     steps = ("train.max_steps=2", "checkpoint.interval=1", *QUIET)
     run_training(run, corpus, *steps)  # two DeepSpeed ranks: each hashes and verifies its share
     ckpt = run / "checkpoints"
-    states = sorted((ckpt / "step00000002").glob("*optim_states.pt"))
+    states = sorted((ckpt / "step00000002").glob("*.distcp"))  # one a rank
     assert len(states) == 2
     states[1].write_bytes(states[1].read_bytes()[:1000])  # truncated
 
