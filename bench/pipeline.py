@@ -67,13 +67,15 @@ def write_warcs(pages: list[Path], folder: Path, files: int) -> list[Path]:
 
 
 def build(ranks: int, inputs: list[Path], out: Path, tokenizer: Path, extractor: str,
-          env: dict[str, str]) -> dict:
-    """One timed corpus build of the manual on `ranks` MPI ranks: time, each rank's peak memory,
-    manifest counts."""
+          env: dict[str, str], checkout: Path = ROOT) -> dict:
+    """One timed corpus build of the manual on `ranks` MPI ranks by the code in `checkout`: time,
+    each rank's peak memory, manifest counts."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks), sys.executable,
            "-m", "pipelines.build", "--input", *map(str, inputs), "--output", str(out),
-           "--tokenizer", str(tokenizer), "--workers", "1", "--extractor", extractor]
-    run = run_measured(cmd, env, ROOT)
+           "--tokenizer", str(tokenizer), "--workers", "1"]
+    if checkout == ROOT:  # an earlier checkout may not know the option (it extracted with trafilatura)
+        cmd += ["--extractor", extractor]
+    run = run_measured(cmd, {**env, "PYTHONPATH": str(checkout)}, checkout)
     manifest = json.loads((out / "manifest.json").read_text())
     shutil.rmtree(out)
     return {**run, "documents": manifest["documents"], "tokens": manifest["tokens"],
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--extractors", nargs="+", default=["trafilatura", "resiliparse"])
     parser.add_argument("--warc-files", type=int, default=0, help="read the pages from this many WARC files")
+    parser.add_argument("--baseline", type=Path,
+                        help="also run the trafilatura builds with this earlier checkout, after ours")
     parser.add_argument("--json", default=str(ROOT / f"bench/results/pipeline-{date.today()}.json"))
     args = parser.parse_args()
     pages = ensure_docs()
@@ -97,12 +101,15 @@ def main() -> None:
         tok = Tokenizer.train([p["articleBody"] for p in truth.values()], Path(tmp) / "tok.model", 8192)
         inputs = write_warcs(pages, Path(tmp), args.warc_files) if args.warc_files else pages
         kind = f"{args.warc_files} WARC files" if args.warc_files else "HTML files"
-        for extractor in args.extractors:
+        builds = [(e, e, ROOT) for e in args.extractors]
+        if args.baseline:
+            builds.append(("baseline", "trafilatura", args.baseline.resolve()))
+        for label, extractor, checkout in builds:
             for ranks in args.ranks:
-                print(f"mpiexec -n {ranks} python -m pipelines.build --extractor {extractor} "
+                print(f"{label}: mpiexec -n {ranks} python -m pipelines.build --extractor {extractor} "
                       f"({len(pages)} pages in {kind}, {megabytes:.1f} MB)", flush=True)
-                run = build(ranks, inputs, Path(tmp) / "out", tok.path, extractor, env)
-                runs.append({"extractor": extractor, "ranks": ranks, **run,
+                run = build(ranks, inputs, Path(tmp) / "out", tok.path, extractor, env, checkout)
+                runs.append({"extractor": label, "ranks": ranks, **run,
                              "mb_per_s": megabytes / run["seconds"]})
     print(f"{'extractor':<13}{'ranks':>5}{'seconds':>9}{'MB/s':>7}{'MB/s/core':>10}{'speed-up':>9}"
           f"{'CPU s':>8}{'documents':>10}  peak RSS MiB a rank")
