@@ -46,6 +46,7 @@ from pipelines.chunk_map import ChunkMapper
 from pipelines.dedup import (
     candidate_pairs,
     exact_duplicate_keys,
+    lsh_bands,
     near_duplicate_keys,
     partition_rows,
     verified_edges,
@@ -174,7 +175,8 @@ class _Build:
         kept = sum(self.area.record("map", c.id)["kept"] for c in self.chunks)
         self.exact_parts = self._partitions("exact", kept)
         self._run("exact", range(self.exact_parts), self._exact_partition)
-        self.near_parts = self._partitions("near", kept * 16)  # ~9-16 band records a document
+        bands, _ = lsh_bands(self.s.near_threshold, self.s.num_perm)
+        self.near_parts = self._partitions("near", kept * bands)  # a band record a band a document
         self._run("near", range(self.near_parts), self._near_partition)
         edges = [np.load(self.area.file("near", p, "edges.npy")) for p in range(self.near_parts)]
         self.near_duplicates = near_duplicate_keys(np.concatenate(edges) if edges else np.empty((0, 2)))
@@ -230,7 +232,8 @@ class _Build:
 
     def decide_documents(self) -> None:
         self._run("decide", range(len(self.chunks)), self._decide_chunk)
-        self.counts = self._stage_counts()
+        # every chunk's counts are small files: rank 0 reads them, not every rank
+        self.counts = self.comm.bcast(self._stage_counts() if self.rank == 0 else None, root=0)
         if not self.counts["split"]["train"]:
             raise ValueError(f"no documents left for training from {len(self.files)} input files; see the "
                              f"counts above (lower --min-chars {self.s.min_chars}?)")
@@ -238,7 +241,6 @@ class _Build:
     def _decide_chunk(self, unit: int) -> None:
         docs = np.load(self.area.file("map", unit, "docs.npz"))
         keys = docs["keys"]
-        lo, hi = keys[:1], keys[-1:]
         fate = np.full(len(keys), TRAIN, np.uint8)
         if len(keys):
             valid = np.array([_is_valid(d.tobytes().hex(), self.s.valid_fraction, self.s.seed)
@@ -246,10 +248,10 @@ class _Build:
             fate[valid] = VALID
             contaminated = docs["contamination"] >= 0
             fate[contaminated] = CONTAMINATED + docs["contamination"][contaminated]
-            fate[np.isin(keys, _within(self.near_duplicates, lo, hi))] = NEAR_DUPLICATE
+            fate[np.isin(keys, _within(self.near_duplicates, keys[0], keys[-1]))] = NEAR_DUPLICATE
             for part in range(self.exact_parts):
                 dups = np.load(self.area.file("exact", part, "duplicates.npy"), mmap_mode="r")
-                fate[np.isin(keys, _within(dups, lo, hi))] = DUPLICATE
+                fate[np.isin(keys, _within(dups, keys[0], keys[-1]))] = DUPLICATE
         sample = np.array([_sample_hash(d.tobytes(), self.s.seed) for d in docs["digests"]], np.uint64)
         np.savez(self.area.file("decide", unit, "fate.npz"), fate=fate, sample=sample)
         self.area.finish("decide", unit, {"fate": np.bincount(fate, minlength=CONTAMINATED
@@ -461,9 +463,9 @@ def _sample_hash(digest: bytes, seed: int) -> int:
     return int.from_bytes(hashlib.blake2b(digest, digest_size=8, key=f"sample{seed}".encode()).digest())
 
 
-def _within(sorted_keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The part of a sorted key array between lo[0] and hi[0] (a chunk's key range)."""
-    start, stop = np.searchsorted(sorted_keys, lo[0]), np.searchsorted(sorted_keys, hi[0], side="right")
+def _within(sorted_keys: np.ndarray, first: np.uint64, last: np.uint64) -> np.ndarray:
+    """The part of a sorted key array from `first` to `last` (a chunk's key range)."""
+    start, stop = np.searchsorted(sorted_keys, first), np.searchsorted(sorted_keys, last, side="right")
     return np.asarray(sorted_keys[start:stop])
 
 

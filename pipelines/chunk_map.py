@@ -62,7 +62,7 @@ class ChunkMapper:
         with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "wt", encoding="utf-8") as out:
             for _, text, source, url in kept:
                 out.write(json.dumps({"text": text, "source": source, "url": url}, ensure_ascii=False) + "\n")
-        np.savez(self.area.file("map", unit, "docs.npz"), keys=keys, digests=digests, signed=signed,
+        np.savez(self.area.file("map", unit, "docs.npz"), keys=keys, digests=digests,
                  contamination=contamination)
         save_array(self.area.file("map", unit, "signatures.npy"), sigs)
         exact = digest_records(keys, digests)
