@@ -82,8 +82,9 @@ def worker(args: argparse.Namespace) -> None:
 
     from megagpt import checkpoint
     from megagpt.config import load_config
-    from megagpt.parallel.topology import Topology, plan_layout
-    from megagpt.train import build_engine, init_distributed
+    from megagpt.engine import build_engine, init_distributed
+    from megagpt.parallel.layout import plan_layout
+    from megagpt.parallel.topology import Topology
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -36,10 +36,11 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from megagpt.config import ModelConfig, load_config  # noqa: E402
 from megagpt.deepspeed_config import build_ds_config  # noqa: E402
+from megagpt.engine import init_distributed, param_groups  # noqa: E402
 from megagpt.flops import accelerator_name, device_peak_flops, training_flops_per_token  # noqa: E402
 from megagpt.model import GPT  # noqa: E402
-from megagpt.plan import Layout, estimate_memory  # noqa: E402
-from megagpt.train import init_distributed, param_groups  # noqa: E402
+from megagpt.parallel.layout import Layout  # noqa: E402
+from megagpt.plan import estimate_memory  # noqa: E402
 
 
 class ReferenceBlock(nn.Module):
@@ -176,7 +177,7 @@ def xl_part(args: argparse.Namespace, peak: float | None) -> dict:
                for _ in range(args.steps + args.warmup)]
     seconds = megagpt_step_seconds(engine, batches, args.warmup)
     tokens = micro * seq
-    estimate = estimate_memory(cfg, Layout(1, 1, 1, 3, "full", micro), seq, num_micro=1)
+    estimate = estimate_memory(cfg, Layout(1, 1, 1, 3, 1, micro), seq, num_micro=1)
     row = {"model": "gpt2-xl" if not args.smoke else "gpt2-tiny", "micro_batch": micro, "seq": seq,
            "zero_stage": 3, "activation_checkpoint": 1, "megagpt_tokens_per_s": tokens / seconds,
            "planned_gib": estimate.total / 2**30}

@@ -82,8 +82,9 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
+from megagpt.parallel.layout import Layout
 from megagpt.parallel.pipeline import PipelineGPT
-from megagpt.parallel.topology import Layout, Topology
+from megagpt.parallel.topology import Topology
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 
 log = logging.getLogger("megagpt.checkpoint")
@@ -172,7 +173,7 @@ class Checkpointer:
         torch.save(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
         if rank == 0:
             torch.save(extra["trainer"], tmp / TRAINER_STATE)
-            (tmp / LAYOUT).write_text(json.dumps(dataclasses.asdict(self.topo.layout)))
+            (tmp / LAYOUT).write_text(json.dumps(self.topo.layout.to_dict()))
             write_description(tmp, self.model_config, self.tokenizer)
         dist.barrier(group=group)
         write_checksums(tmp, rank, world, group)
@@ -310,14 +311,14 @@ def saved_layout(path: Path) -> Layout:
     if not file.is_file():
         raise CheckpointError(f"{file} is missing: {path} is not a megagpt training checkpoint (or is "
                               "damaged); resume from another one")
-    return Layout(**json.loads(file.read_text()))
+    return Layout.from_dict(json.loads(file.read_text()))
 
 
 def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[str, Any]:
     """Restore weights, Adam state, lr schedule, step counts and RNG from `path`, whatever layout
     wrote it; returns the saved client state. Each rank reads only the pieces it owns now. Under
     another layout every rank takes rank 0's RNG (dropout streams cannot follow a change of layout)."""
-    same_layout = saved_layout(path) == topo.layout
+    same_layout = saved_layout(path).same_ranks(topo.layout)
     state = sharded_state(engine, topo, copy_to_host=False, for_load=True)  # Adam's state made first
     dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=_PiecesLoadPlanner())
     _install(engine, state)

@@ -39,16 +39,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from deepspeed.accelerator import get_accelerator
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from megagpt.checkpoint import consolidated_state_dict, read_model_config, resolve, save_model
 from megagpt.checkpoint import find_tokenizer as checkpoint_tokenizer
+from megagpt.config import ConfigError
+from megagpt.deepspeed_config import REPOSITORY_DS_CONFIG, device_values, fill_ds_config
+from megagpt.engine import init_distributed, initialize, on_cpu
 from megagpt.evaluate import read_jsonl
 from megagpt.model import GPT
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
-from megagpt.train import init_distributed, param_groups
 
 log = logging.getLogger("megagpt.finetune")
 TASK_TYPES = ("classification", "entailment", "similarity", "multiple_choice")
@@ -212,21 +213,18 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
     per_epoch = len(train) // args.batch_size + (len(train) % args.batch_size >= micro * accum * world)
     steps = args.epochs * per_epoch
     warmup = max(1, round(args.warmup * steps))
-    on_gpu = get_accelerator().device_name() != "cpu"
-    ds_config = {
-        "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
-        "train_batch_size": args.batch_size, "gradient_clipping": 1.0,
-        "optimizer": {"type": "AdamW", "params": {
-            "lr": args.lr, "weight_decay": args.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8,
-            "torch_adam": not on_gpu}},
-        "zero_optimization": {"stage": args.zero_stage}, "bf16": {"enabled": on_gpu},
-        "steps_per_print": 1 << 30,
-    }
+    ds_config, _ = fill_ds_config(args.ds_config, {
+        "train_micro_batch_size_per_gpu": (micro, "--micro-batch-size"),
+        "gradient_accumulation_steps": (accum, "--batch-size / (micro-batch x ranks)"),
+        "train_batch_size": (args.batch_size, "--batch-size"),
+        "optimizer.params.lr": (args.lr, "--lr"),
+        "optimizer.params.weight_decay": (args.weight_decay, "--weight-decay"),
+        "zero_optimization.stage": (args.zero_stage, "--zero-stage"),
+        **device_values(not on_cpu()),
+    }, defaults={"gradient_clipping": (1.0, "fine-tuning default"),
+                 "optimizer.params.betas": ([0.9, 0.999], "Adam's defaults, as GPT-1")})
     linear = lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
-    engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, args.weight_decay), config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, linear),
-    )
+    engine = initialize(model, ds_config, args.weight_decay, linear)
     device = engine.device
     log.info("%s: %d train / %d valid examples, %d steps of %d, lambda %.2f, zero %d, %s init",
              args.task, len(train), len(valid), steps, args.batch_size, args.lm_coef, args.zero_stage,
@@ -301,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
     p.add_argument("--random-init", action="store_true", help="same shape, random weights (a baseline)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ds-config", default=str(REPOSITORY_DS_CONFIG),
+                   help="DeepSpeed config whose \"auto\" values the options fill (default: the repository's)")
     p.add_argument("--json", help="write the final metrics here")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     return p.parse_args(argv)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
     try:
         result = finetune(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ConfigError) as e:
         log.error("%s", e)
         return 2
     if dist.get_rank() == 0:

@@ -19,6 +19,7 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from megagpt.config import ModelConfig
+from megagpt.sizing import matmul_parameters
 
 # Dense (no sparsity) bf16 peak, FLOP/s. Longer names first: "H100 PCIe" must not match "H100".
 GPU_PEAK_BF16: dict[str, float] = {
@@ -42,15 +43,6 @@ GPU_PEAK_BF16: dict[str, float] = {
 }
 
 
-def non_embedding_matmul_params(model: ModelConfig) -> int:
-    """Weights a token is multiplied with: every block's matrices and biases, LayerNorms and the
-    (tied) output layer. The position table is excluded: it is indexed, not multiplied."""
-    c = model.n_embd
-    block = 12 * c * c + (9 * c if model.bias else 0) + (4 if model.bias else 2) * c  # matmuls + 2 LN
-    final_ln = (2 if model.bias else 1) * c if model.arch == "gpt2" else 0
-    return model.n_layer * block + final_ln + model.vocab_size * c
-
-
 def attended_positions(model: ModelConfig, seq_len: int) -> int:
     """Positions a token's attention spans, summed over the layers: T for a dense layer, the
     window for a banded one (counted like dense attention's T, as if every query saw all of it)."""
@@ -62,7 +54,7 @@ def training_flops_per_token(model: ModelConfig, seq_len: int | None = None) -> 
     """6N + 12 * n_embd * (T per dense layer, the window per banded one): forward and backward
     FLOPs spent on one training token."""
     T = seq_len or model.block_size
-    return 6 * non_embedding_matmul_params(model) + 12 * model.n_embd * attended_positions(model, T)
+    return 6 * matmul_parameters(model) + 12 * model.n_embd * attended_positions(model, T)
 
 
 def accelerator_name() -> str:

@@ -31,6 +31,12 @@ class MetricsWriter:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
 
+    def per_rank(self, step: int, tag: str, values: list[float]) -> None:
+        """One TensorBoard scalar a rank (`tag/rank_00003`); the jsonl keeps what the log line says."""
+        if self.enabled:
+            for rank, value in enumerate(values):
+                self.tb.add_scalar(f"{tag}/rank_{rank:05d}", value, step)
+
     def text(self, step: int, tag: str, text: str) -> None:
         if self.enabled:
             self.tb.add_text(tag, text, step)

@@ -30,25 +30,12 @@ from dataclasses import dataclass
 
 from megagpt.config import ConfigError, ModelConfig, load_config
 from megagpt.flops import device_peak_flops, training_flops_per_token
+from megagpt.parallel.layout import Layout, divisors
+from megagpt.sizing import BF16_ADAM, block_parameters, model_state_bytes, stage_parameters
 
 GiB = 1 << 30
 BF16, FP32 = 2, 4
-ADAM_STATE_BYTES = 12  # fp32 master weight + exp_avg + exp_avg_sq, per parameter
 ZERO3_BUCKET_ELEMENTS = 5e7  # ds_config.json: reduce_bucket_size and stage3_prefetch_bucket_size
-
-
-@dataclass(frozen=True)
-class Layout:
-    dp: int
-    pp: int
-    tp: int
-    zero: int
-    checkpointing: str  # "none", or "full": every block recomputed (parallel.activation_checkpoint=1)
-    micro_batch: int
-
-    def __str__(self) -> str:
-        return (f"dp{self.dp} pp{self.pp} tp{self.tp} zero{self.zero} ac={self.checkpointing} "
-                f"micro={self.micro_batch}")
 
 
 @dataclass(frozen=True)
@@ -85,25 +72,6 @@ class Plan:
     fits: bool
 
 
-def block_parameters(model: ModelConfig, tp: int) -> int:
-    """One Block's parameters on a tensor-parallel rank: QKV and MLP-in split by columns (with
-    their biases), attention-out and MLP-out split by rows (bias whole), LayerNorms whole."""
-    c, bias = model.n_embd, model.bias
-    split = 12 * c * c + (7 * c if bias else 0)  # weights + QKV and MLP-in biases
-    whole = (2 * c if bias else 0) + (4 * c if bias else 2 * c)  # row-parallel biases + 2 LNs
-    return split // tp + whole
-
-
-def stage_parameters(model: ModelConfig, pp: int, tp: int) -> int:
-    """Parameters on the most loaded rank: ceil(n_layer / pp) blocks plus the embeddings, which
-    the first stage holds and the last stage holds again (the tied output layer)."""
-    wte = model.padded_vocab_size * model.n_embd // tp
-    wpe = model.block_size * model.n_embd
-    ln_f = (2 if model.bias else 1) * model.n_embd if model.arch == "gpt2" else 0
-    blocks = math.ceil(model.n_layer / pp) * block_parameters(model, tp)
-    return blocks + wte + (wpe + ln_f if pp == 1 else max(wpe, ln_f))
-
-
 def block_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: int,
                            dtype_bytes: int = BF16) -> float:
     """Bytes one Block saves for backward: per token, the LN inputs and outputs (4 x n_embd, whole
@@ -138,7 +106,7 @@ def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: in
     layers = math.ceil(model.n_layer / layout.pp)
     full = block_activation_bytes(model, b, seq, tp, dtype_bytes)
     kept_input = b * seq * model.n_embd * dtype_bytes
-    checkpointed = layers if layout.checkpointing == "full" else 0
+    checkpointed = layers if layout.activation_checkpoint else 0
     per_micro = checkpointed * kept_input + (layers - checkpointed) * full
     recompute = full if checkpointed else 0
     in_flight = min(layout.pp, num_micro)
@@ -148,11 +116,8 @@ def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: in
 
 def estimate_memory(model: ModelConfig, layout: Layout, seq: int, num_micro: int) -> Memory:
     n = stage_parameters(model, layout.pp, layout.tp)
-    dp, zero = layout.dp, layout.zero
-    params = n * BF16 / (dp if zero >= 3 else 1)
-    grads = n * BF16 / (dp if zero >= 2 else 1)
-    optimizer = n * ADAM_STATE_BYTES / (dp if zero >= 1 else 1)
-    if zero >= 3:  # the gathered block being computed and the prefetched next one, plus buckets
+    params, grads, optimizer = model_state_bytes(n, layout.dp, layout.zero_stage, BF16_ADAM)
+    if layout.zero_stage >= 3:  # the gathered block being computed and the prefetched next one, plus buckets
         buffers = 2 * block_parameters(model, layout.tp) * BF16 + 2 * ZERO3_BUCKET_ELEMENTS * BF16
     else:
         buffers = ZERO3_BUCKET_ELEMENTS * BF16  # the gradient reduction bucket
@@ -165,7 +130,7 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
     use a GPU poorly), stretched by recomputation and the pipeline bubble, plus tensor-parallel
     all-reduces (within a node) and whatever data-parallel traffic compute cannot hide."""
     num_micro = global_batch // (layout.dp * layout.micro_batch)
-    recompute = 1 / 3 if layout.checkpointing == "full" else 0.0  # one more forward: 2N of 6N
+    recompute = 1 / 3 if layout.activation_checkpoint else 0.0  # one more forward: 2N of 6N
     flops = training_flops_per_token(model, seq) * global_batch * seq * (1 + recompute)
     tokens = layout.micro_batch * seq
     efficiency = cluster.efficiency * tokens / (tokens + cluster.half_efficiency_tokens)
@@ -180,9 +145,9 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
     n = stage_parameters(model, layout.pp, layout.tp)
     dp_bw = inter if layout.dp * layout.tp * layout.pp > cluster.gpus_per_node else intra
     ring = (layout.dp - 1) / layout.dp * n * BF16 / dp_bw
-    if layout.zero >= 3:  # gather for forward and backward, reduce-scatter, every micro-batch
+    if layout.zero_stage >= 3:  # gather for forward and backward, reduce-scatter, every micro-batch
         dp_comm = 3 * ring * num_micro
-    elif layout.zero == 2:  # reduce-scatter every micro-batch, all-gather the update once
+    elif layout.zero_stage == 2:  # reduce-scatter every micro-batch, all-gather the update once
         dp_comm = ring * (num_micro + 1)
     else:  # all-reduce once per step
         dp_comm = 2 * ring
@@ -194,13 +159,13 @@ def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_
     """Every layout DeepSpeed can run: tp within a node dividing the heads and the padded
     vocabulary, pp at most n_layer, ZeRO-2/3 only without pipeline stages, micro-batches dividing
     the global batch."""
-    for tp, pp in itertools.product(_divisors(gpus), _divisors(gpus)):
+    for tp, pp in itertools.product(divisors(gpus), divisors(gpus)):
         if (gpus % (tp * pp) or tp > gpus_per_node or model.n_head % tp or model.padded_vocab_size % tp
                 or pp > model.n_layer):
             continue
         dp = gpus // (tp * pp)
         for zero in (0, 1, 2, 3) if pp == 1 else (0, 1):
-            for ac in ("none", "full"):
+            for ac in (0, 1):
                 for micro in (1, 2, 4, 8, 16, 32):
                     if global_batch % (dp * micro) == 0:
                         yield Layout(dp, pp, tp, zero, ac, micro)
@@ -221,10 +186,6 @@ def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | Non
                                         p.memory.total))
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global_batch: int,
                  seq: int, rows: int) -> str:
     tokens = global_batch * seq
@@ -242,8 +203,8 @@ def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global
     if fitting:
         best = plans[0]
         lines.append(f"recommended: {best.layout} -> parallel.tp={best.layout.tp} "
-                     f"parallel.pp={best.layout.pp} parallel.zero_stage={best.layout.zero} "
-                     f"parallel.activation_checkpoint={int(best.layout.checkpointing == 'full')} "
+                     f"parallel.pp={best.layout.pp} parallel.zero_stage={best.layout.zero_stage} "
+                     f"parallel.activation_checkpoint={best.layout.activation_checkpoint} "
                      f"train.micro_batch_size={best.layout.micro_batch} "
                      f"train.grad_accum={global_batch // (best.layout.dp * best.layout.micro_batch)}")
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from megagpt.config import ConfigError, load_config
-from megagpt.parallel.topology import plan_layout
-from megagpt.plan import stage_parameters
+from megagpt.parallel.layout import plan_layout
+from megagpt.sizing import stage_parameters
 from tests.train.conftest import run_training
 
 

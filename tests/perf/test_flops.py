@@ -7,23 +7,23 @@ from megagpt.flops import (
     accelerator_name,
     device_peak_flops,
     mfu,
-    non_embedding_matmul_params,
     training_flops_per_token,
 )
 from megagpt.model import GPT
+from megagpt.sizing import matmul_parameters
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "gpt1-tiny"])
 def test_counted_parameters_are_the_models_minus_its_position_table(preset):
     config = ModelConfig.preset(preset)
     model = GPT(config)
-    assert non_embedding_matmul_params(config) == model.num_parameters() - config.block_size * config.n_embd
+    assert matmul_parameters(config) == model.num_parameters() - config.block_size * config.n_embd
 
 
 def test_gpt2_small_flops_per_token_by_hand():
     config = ModelConfig.preset("gpt2-small")
     n = 124_439_808 - 1024 * 768  # Hugging Face's count minus the position table
-    assert non_embedding_matmul_params(config) == n
+    assert matmul_parameters(config) == n
     assert training_flops_per_token(config) == 6 * n + 12 * 12 * 768 * 1024  # 0.855 GFLOP
     assert training_flops_per_token(config, seq_len=512) == 6 * n + 12 * 12 * 768 * 512
 

@@ -7,17 +7,17 @@ import torch
 
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
+from megagpt.parallel.layout import Layout
 from megagpt.plan import (
     Cluster,
-    Layout,
     activation_bytes,
     block_activation_bytes,
     candidate_layouts,
     estimate_memory,
     main,
     plan,
-    stage_parameters,
 )
+from megagpt.sizing import stage_parameters
 
 XL = ModelConfig.preset("gpt2-xl")  # GPT-2's 50257 padded to 50304, a multiple of 128
 XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count with that padding
@@ -53,7 +53,7 @@ def test_vocab_padding_and_parameters_per_rank():
 
 def test_zero_stages_divide_what_the_zero_paper_says():
     for zero, (p, g, o) in {0: (1, 1, 1), 1: (1, 1, 16), 2: (1, 16, 16), 3: (16, 16, 16)}.items():
-        m = estimate_memory(XL, Layout(16, 1, 1, zero, "none", 1), seq=1024, num_micro=32)
+        m = estimate_memory(XL, Layout(16, 1, 1, zero, 0, 1), seq=1024, num_micro=32)
         assert m.params == pytest.approx(2 * XL_PARAMS / p)
         assert m.grads == pytest.approx(2 * XL_PARAMS / g)
         assert m.optimizer == pytest.approx(12 * XL_PARAMS / o)
@@ -69,11 +69,11 @@ def test_block_activations_by_hand():
 def test_checkpointing_and_pipeline_change_activations_as_they_should():
     one = block_activation_bytes(XL, 1, 1024, 1)
     layer_input = 1024 * 1600 * 2
-    none = activation_bytes(XL, Layout(1, 1, 1, 3, "none", 1), 1024, 8)
-    full = activation_bytes(XL, Layout(1, 1, 1, 3, "full", 1), 1024, 8)
+    none = activation_bytes(XL, Layout(1, 1, 1, 3, 0, 1), 1024, 8)
+    full = activation_bytes(XL, Layout(1, 1, 1, 3, 1, 1), 1024, 8)
     assert none - full == pytest.approx(48 * one - (48 * layer_input + one))
     # 1F1B: the first of 4 stages holds 4 micro-batches of its 12 blocks, and no logits.
-    assert activation_bytes(XL, Layout(1, 4, 1, 1, "none", 1), 1024, 8) == pytest.approx(4 * 12 * one)
+    assert activation_bytes(XL, Layout(1, 4, 1, 1, 0, 1), 1024, 8) == pytest.approx(4 * 12 * one)
 
 
 @pytest.mark.parametrize("layers, heads, width, seq, batch, vocab", [
@@ -85,7 +85,7 @@ def test_activation_estimate_matches_what_autograd_saves(layers, heads, width, s
     torch.manual_seed(0)
     measured = saved_activation_bytes(GPT(config).train(), torch.randint(0, vocab, (batch, seq)))
     # fp32 on this CPU
-    estimated = activation_bytes(config, Layout(1, 1, 1, 0, "none", batch), seq, 1, dtype_bytes=4)
+    estimated = activation_bytes(config, Layout(1, 1, 1, 0, 0, batch), seq, 1, dtype_bytes=4)
     assert estimated == pytest.approx(measured, rel=0.05)
 
 
@@ -94,7 +94,7 @@ def test_only_runnable_layouts_are_candidates():
     assert layouts
     assert all(x.dp * x.pp * x.tp == 16 for x in layouts)
     assert all(25 % x.tp == 0 for x in layouts)  # 25 heads: tp 1 or 5, never 2
-    assert all(x.zero <= 1 for x in layouts if x.pp > 1)  # DeepSpeed's PipelineEngine limit
+    assert all(x.zero_stage <= 1 for x in layouts if x.pp > 1)  # DeepSpeed's PipelineEngine limit
     assert all(512 % (x.dp * x.micro_batch) == 0 for x in layouts)
 
 
@@ -106,8 +106,9 @@ def test_recommendation_fits_and_is_fastest():
     assert all(best.step_seconds <= p.step_seconds + 0.005 for p in plans if p.fits)
     # Less memory per GPU forces sharding or checkpointing: a 16 GiB GPU cannot hold ZeRO-0.
     small = plan(XL, Cluster(gpus=16, gpu_mem_gib=16), global_batch=512)
-    assert small[0].fits and small[0].layout.zero > 0
-    assert not any(p.fits for p in small if p.layout.zero == 0 and p.layout.pp == 1 and p.layout.tp == 1)
+    assert small[0].fits and small[0].layout.zero_stage > 0
+    assert not any(p.fits for p in small
+                   if p.layout.zero_stage == 0 and p.layout.pp == 1 and p.layout.tp == 1)
 
 
 def test_cli_prints_a_table_and_a_recommendation(capsys):

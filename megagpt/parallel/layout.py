@@ -1,0 +1,128 @@
+"""The dp x pp x tp layout of a run: what it is, and whether a run config may ask for it.
+
+A Layout is decided from the config and the world size alone, before any compute: an impossible
+one is refused with why and what would run (plan_layout). The planner (megagpt.plan) enumerates
+the same Layouts to estimate their memory and speed; megagpt.parallel.topology turns one into
+process groups; checkpoints record it in layout.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from megagpt.config import ConfigError, RunConfig
+from megagpt.sizing import BF16_ADAM, FP32_ADAM, model_state_bytes, stage_parameters
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run's processes share the work: world = dp x pp x tp, ZeRO over dp, activation
+    checkpointing every `activation_checkpoint` blocks (0: none), `micro_batch` sequences a rank."""
+
+    dp: int
+    pp: int = 1
+    tp: int = 1
+    zero_stage: int = 0
+    activation_checkpoint: int = 0
+    micro_batch: int = 1
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.pp * self.tp
+
+    def same_ranks(self, other: Layout) -> bool:
+        """Whether each rank of `other` does the same share of the work as here (its RNG state
+        applies as it is), whatever the ZeRO stage or micro-batch."""
+        return (self.dp, self.pp, self.tp) == (other.dp, other.pp, other.tp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Layout:
+        """A layout saved by to_dict (or by an earlier megagpt, which also wrote the world size)."""
+        return cls(**{k: v for k, v in saved.items() if k != "world"})
+
+    def __str__(self) -> str:
+        return (f"dp{self.dp} pp{self.pp} tp{self.tp} zero{self.zero_stage} "
+                f"ac={self.activation_checkpoint} micro={self.micro_batch}")
+
+    def describe(self, run: RunConfig, on_gpu: bool) -> str:
+        """One line: the layout, batch, parameters and model-state memory per rank."""
+        t = run.train
+        total = stage_parameters(run.model)
+        per_rank = stage_parameters(run.model, self.pp, self.tp)
+        precision = BF16_ADAM if on_gpu else FP32_ADAM
+        memory = sum(model_state_bytes(per_rank, self.dp, self.zero_stage, precision))
+        return (
+            f"world {self.world} | dp {self.dp} | pp {self.pp} | tp {self.tp} | zero {self.zero_stage} | "
+            f"batch {t.micro_batch_size} micro x {t.grad_accum} accum x {self.dp} dp = "
+            f"{t.micro_batch_size * t.grad_accum * self.dp} sequences of {run.model.block_size} tokens | "
+            f"{total / 1e6:.2f}M parameters, {per_rank / 1e6:.2f}M per rank | model states "
+            f"~{memory / 2**30:.2f} GiB per rank ({precision.name}; activations not counted)"
+        )
+
+
+def plan_layout(run: RunConfig, world: int) -> Layout:
+    """The layout `run` asks for on `world` processes, or a ConfigError saying why not and what would run."""
+    p, m = run.parallel, run.model
+    tp, pp = p.tp, p.pp
+    if world % (tp * pp):
+        fits = [f"tp={a} pp={b}" for a in divisors(world) for b in divisors(world // a)
+                if m.n_head % a == 0 and b <= m.n_layer]
+        raise ConfigError(
+            f"world size {world} is not divisible by parallel.tp x parallel.pp = {tp} x {pp}; "
+            f"dp is what is left of the world, so tp x pp must divide it. On {world} processes these "
+            f"run: {', '.join(fits)}"
+        )
+    if m.n_head % tp:
+        raise ConfigError(
+            f"parallel.tp={tp} does not divide model.n_head={m.n_head}: tensor parallelism splits "
+            f"whole attention heads; use tp in {divisors(m.n_head)} (with tp x pp dividing the world)"
+        )
+    if m.padded_vocab_size % tp:
+        raise ConfigError(
+            f"parallel.tp={tp} does not divide the padded vocabulary ({m.padded_vocab_size} = "
+            f"model.vocab_size={m.vocab_size} rounded up to model.vocab_pad_multiple="
+            f"{m.vocab_pad_multiple}): the embedding and the LM head are split over it; set "
+            f"model.vocab_pad_multiple={128 * tp} (Megatron's 128 x tp), or use tp=1"
+        )
+    if pp > m.n_layer:
+        raise ConfigError(
+            f"parallel.pp={pp} is more than model.n_layer={m.n_layer}: each pipeline stage needs a "
+            f"transformer block; use pp <= {m.n_layer}"
+        )
+    stage = p.zero_stage
+    if stage == "auto":
+        # ZeRO-3 where DeepSpeed allows it; its PipelineEngine takes only ZeRO-0/1.
+        stage = 3 if pp == 1 else 1
+    if pp > 1 and stage >= 2:
+        raise ConfigError(
+            f"parallel.zero_stage={stage} with parallel.pp={pp}: DeepSpeed's PipelineEngine refuses "
+            "ZeRO-2 and ZeRO-3 (they communicate per micro-batch, the pipeline runs many); this runs: "
+            f"parallel.zero_stage=1 (or auto) with pp={pp}, or zero_stage={stage} with pp=1"
+        )
+    if p.compile is True and (pp > 1 or stage == 3):
+        raise ConfigError(
+            f"parallel.compile=true with parallel.pp={pp} and zero stage {stage}: megagpt compiles the "
+            "whole model through DeepSpeed's engine.compile, which the PipelineEngine does not offer, "
+            "and under ZeRO-3 torch.compile traces DeepSpeed's per-module parameter hooks and "
+            "recompiles at every module until it gives up (measured with DeepSpeed 0.19.8); this "
+            "runs: parallel.compile=true with pp=1 and parallel.zero_stage 0-2, or compile=auto"
+        )
+    if p.activation_checkpoint < 0:
+        raise ConfigError(f"parallel.activation_checkpoint must be >= 0, got {p.activation_checkpoint}")
+    if run.eval.tasks and pp > 1:
+        raise ConfigError(
+            f"eval.tasks={list(run.eval.tasks)} with parallel.pp={pp}: the tasks score whole-model "
+            "forwards and the pipeline splits the model over its stages; this runs: eval.tasks=[] during "
+            "training and `python -m megagpt.evaluate --checkpoint <checkpoint.dir>` on the saved "
+            "checkpoint (it consolidates any layout), or pp=1"
+        )
+    return Layout(dp=world // (tp * pp), pp=pp, tp=tp, zero_stage=stage,
+                  activation_checkpoint=p.activation_checkpoint, micro_batch=run.train.micro_batch_size)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,0 +1,116 @@
+"""What a training run checks before any compute, so that it fails in seconds, not at the first save.
+
+Both folders writable; the validation shards tokenized like the training shards; the checkpoint to
+resume from intact (train.resume=auto falls back to the one before a damaged one) and of this
+model's shape and tokenizer; and no other run's checkpoints in checkpoint.dir for a fresh start.
+Each check raises the same error on every rank (same config and files, or decided collectively).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megagpt import checkpoint
+from megagpt.checkpoint import DamagedCheckpoint
+from megagpt.config import ConfigError, ModelConfig, RunConfig
+from megagpt.data import MixtureDataset, ShardDataset
+
+log = logging.getLogger("megagpt.train")
+
+
+def check_data(cfg: RunConfig, train_data: ShardDataset, valid_data: ShardDataset | None) -> None:
+    if train_data.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+            f"{train_data.vocab_size} ({cfg.data.path}/manifest.json): set "
+            f"model.vocab_size={train_data.vocab_size}"
+        )
+    if valid_data is not None and valid_data.tokenizer_sha256 != train_data.tokenizer_sha256:
+        raise ConfigError(
+            f"data.valid_path={cfg.data.valid_path} was tokenized with another tokenizer than "
+            f"data.path={cfg.data.path}; build both with the same tokenizer"
+        )
+
+
+def check_writable(cfg: RunConfig) -> None:
+    """Refuse a log.dir or checkpoint.dir that cannot be written, before any compute rather than at
+    the first save. Collective: a failure on any rank is raised on all, none is left waiting."""
+    problems = []
+    for key, folder in (("log.dir", Path(cfg.log.dir)), ("checkpoint.dir", cfg.checkpoint_dir)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            problems.append(f"{key}={folder} is not writable ({e.strerror or e}): choose a folder you "
+                            "can write to, or fix its permissions")
+    shares: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, problems)
+    problems = list(dict.fromkeys(p for share in shares for p in share))  # once, not once a rank
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def resolve_resume(cfg: RunConfig) -> Path | None:
+    """The intact checkpoint to resume from (None to start afresh), or an error saying why not."""
+    mode, folder = cfg.train.resume, cfg.checkpoint_dir
+    if mode == "auto":
+        path = checkpoint.latest(folder)
+    elif mode == "never":
+        path = None
+    else:
+        path = Path(mode)
+        if not path.is_dir():
+            raise ConfigError(f"train.resume={mode}: no such checkpoint folder (or use 'auto' / 'never')")
+    found = checkpoint.published(folder)
+    if found and (path is None or path.resolve().parent != folder.resolve()):
+        # Its checkpoints would interleave with this run's, and keep_last, pruning by step number,
+        # would delete whichever run's are older.
+        resume = (f"write the name of the one to continue from into {folder / checkpoint.LATEST}"
+                  if mode == "auto" else "continue that run with train.resume=auto")
+        raise ConfigError(
+            f"checkpoint.dir={folder} already holds another run's checkpoints ({found[0].name} to "
+            f"{found[-1].name}); train.resume={mode} would mix this run's with them: {resume}, or start "
+            "this one in a new log.dir (or checkpoint.dir)"
+        )
+    return path if path is None else verified(path, fallback=mode == "auto")
+
+
+def verified(path: Path, fallback: bool) -> Path:
+    """`path` if all its files match their checksums, else (with `fallback`) the newest earlier
+    checkpoint that does, with a warning."""
+    while True:
+        try:
+            checkpoint.verify(path, rank=dist.get_rank(), world=dist.get_world_size())
+            return path
+        except DamagedCheckpoint as e:
+            before = checkpoint.previous(path)
+            if not fallback or before is None:
+                raise
+            log.warning("%s. Falling back to %s (train.resume=auto)", e, before)
+            path = before
+
+
+def check_resumable(cfg: RunConfig, path: Path, train_data: ShardDataset | MixtureDataset) -> None:
+    """Refuse a checkpoint of another model shape or tokenizer than this run's, naming both."""
+    saved = checkpoint.read_model_config(path)
+    # Dropout changes no tensor, so it may differ; every other field shapes the weights.
+    differ = [f.name for f in dataclasses.fields(ModelConfig)
+              if f.name != "dropout" and getattr(saved, f.name) != getattr(cfg.model, f.name)]
+    if differ:
+        raise ConfigError(
+            f"{path} was saved with {', '.join(f'model.{k}={getattr(saved, k)}' for k in differ)} but "
+            f"this run has {', '.join(f'model.{k}={getattr(cfg.model, k)}' for k in differ)}: resume "
+            "with the checkpoint's model settings, or start a new run in another log.dir"
+        )
+    saved_tokenizer = checkpoint.find_tokenizer(path)
+    if saved_tokenizer.sha256 != train_data.tokenizer_sha256:
+        raise ConfigError(
+            f"{path} was trained with another tokenizer ({saved_tokenizer.path}) than {cfg.data.path} "
+            "was built with: resume on the data it was trained on, or start a new run in another log.dir"
+        )
