@@ -121,6 +121,7 @@ ATTENTION_PATTERNS = ("dense", "gpt3_sparse", "per_layer")
 LAYER_ATTENTION = ("dense", "local")
 
 _GPT2 = dict(arch="gpt2", vocab_size=50257, block_size=1024, dropout=0.1)
+_GPT3 = dict(_GPT2, block_size=2048, attention="gpt3_sparse", local_window=256)
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # Radford et al. 2018: 12 layers, 768 wide, 12 heads, 512 context, 40,478 BPE merges + specials.
     "gpt1": dict(arch="gpt1", n_layer=12, n_head=12, n_embd=768, vocab_size=40478, block_size=512),
@@ -129,11 +130,31 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(_GPT2, n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(_GPT2, n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": dict(_GPT2, n_layer=48, n_head=25, n_embd=1600),
+    # Brown et al. 2020, Table 2.1: context 2048, GPT-2's vocabulary, alternating dense and locally
+    # banded attention (the paper gives no band width: 256, an eighth of the context, is megagpt's).
+    # Two rows of the table do not multiply out: XL's 24 heads of 128 are not its d_model 2048 (16
+    # heads of 128 here, as Megatron-LM's 1.3B), and 13B's d_model 5140 is not 40 x 128 (5120 here).
+    "gpt3-small": dict(_GPT3, n_layer=12, n_head=12, n_embd=768),
+    "gpt3-medium": dict(_GPT3, n_layer=24, n_head=16, n_embd=1024),
+    "gpt3-large": dict(_GPT3, n_layer=24, n_head=16, n_embd=1536),
+    "gpt3-xl": dict(_GPT3, n_layer=24, n_head=16, n_embd=2048),
+    "gpt3-2.7b": dict(_GPT3, n_layer=32, n_head=32, n_embd=2560),
+    "gpt3-6.7b": dict(_GPT3, n_layer=32, n_head=32, n_embd=4096),
+    "gpt3-13b": dict(_GPT3, n_layer=40, n_head=40, n_embd=5120),
+    "gpt3-175b": dict(_GPT3, n_layer=96, n_head=96, n_embd=12288),
     # Test sizes: same code paths, seconds on a CPU.
     "gpt2-tiny": dict(_GPT2, n_layer=2, n_head=4, n_embd=64, vocab_size=512, block_size=64, dropout=0.0),
     "gpt1-tiny": dict(
         arch="gpt1", n_layer=2, n_head=4, n_embd=64, vocab_size=512, block_size=64, dropout=0.0
     ),
+}
+
+# Brown et al. 2020, Table 2.1: each GPT-3 size's batch (sequences of 2048 tokens: 0.5M, 1M, 2M and
+# 3.2M tokens) and peak learning rate.
+GPT3_RECIPES: dict[str, tuple[int, float]] = {
+    "gpt3-small": (256, 6.0e-4), "gpt3-medium": (256, 3.0e-4), "gpt3-large": (256, 2.5e-4),
+    "gpt3-xl": (512, 2.0e-4), "gpt3-2.7b": (512, 1.6e-4), "gpt3-6.7b": (1024, 1.2e-4),
+    "gpt3-13b": (1024, 1.0e-4), "gpt3-175b": (1536, 0.6e-4),
 }
 
 

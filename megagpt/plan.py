@@ -2,6 +2,7 @@
 
     python -m megagpt.plan --model gpt2-xl --gpus 16 --gpu-mem 80
     python -m megagpt.plan --config configs/gpt2-xl.yaml --gpus 16 --gpu-mem 80 --global-batch 512
+    python -m megagpt.plan --model gpt3-13b --gpus 16 --gpu-mem 40        # GPT-3's batch of 1024
 
 For each dp x pp x tp x ZeRO stage x activation checkpointing x micro-batch it estimates, for the
 most loaded GPU, the bytes of parameters, gradients, optimizer state, activations and buffers
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from megagpt.config import ConfigError, ModelConfig, load_config
+from megagpt.config import GPT3_RECIPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
 from megagpt.flops import device_peak_flops, training_flops_per_token
 from megagpt.parallel.layout import Layout, divisors
 from megagpt.sizing import BF16_ADAM, block_parameters, model_state_bytes, stage_parameters
@@ -156,27 +157,31 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
 
 def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_batch: int
                       ) -> Iterator[Layout]:
-    """Every layout DeepSpeed can run: tp within a node dividing the heads and the padded
-    vocabulary, pp at most n_layer, ZeRO-2/3 only without pipeline stages, micro-batches dividing
-    the global batch."""
+    """Every layout megagpt can run: tp within a node dividing the heads and the padded
+    vocabulary, pp at most n_layer, any ZeRO stage (inside pipeline stages too), micro-batches
+    dividing the global batch."""
     for tp, pp in itertools.product(divisors(gpus), divisors(gpus)):
         if (gpus % (tp * pp) or tp > gpus_per_node or model.n_head % tp or model.padded_vocab_size % tp
                 or pp > model.n_layer):
             continue
         dp = gpus // (tp * pp)
-        for zero in (0, 1, 2, 3) if pp == 1 else (0, 1):
+        for zero in (0, 1, 2, 3):
             for ac in (0, 1):
                 for micro in (1, 2, 4, 8, 16, 32):
                     if global_batch % (dp * micro) == 0:
                         yield Layout(dp, pp, tp, zero, ac, micro)
 
 
-def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | None = None) -> list[Plan]:
-    """All candidate layouts with their estimates, fastest fitting ones first."""
+def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | None = None,
+         tp: int | None = None, pp: int | None = None) -> list[Plan]:
+    """All candidate layouts (with the given tp and pp, if given) with their estimates, fastest
+    fitting ones first."""
     seq = seq or model.block_size
     budget = cluster.gpu_mem_gib * GiB * (1 - cluster.headroom)
     plans = []
     for layout in candidate_layouts(model, cluster.gpus, cluster.gpus_per_node, global_batch):
+        if tp not in (None, layout.tp) or pp not in (None, layout.pp):
+            continue
         num_micro = global_batch // (layout.dp * layout.micro_batch)
         memory = estimate_memory(model, layout, seq, num_micro)
         step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
@@ -215,16 +220,20 @@ def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m megagpt.plan", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="a preset: gpt1, gpt2-small, gpt2-medium, gpt2-large, gpt2-xl")
+    src.add_argument("--model", help=f"a preset: {', '.join(MODEL_PRESETS)}")
     src.add_argument("--config", help="a run config YAML (its model section)")
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--gpu-mem", type=float, required=True, help="GiB per GPU, e.g. 80")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu", default="H100", help="GPU name for the peak FLOP/s table (default H100)")
-    p.add_argument("--global-batch", type=int, default=512, help="sequences per step (GPT-2: 512)")
+    p.add_argument("--global-batch", type=int, default=None,
+                   help="sequences per step (default: GPT-3's Table 2.1 batch, else GPT-2's 512)")
     p.add_argument("--seq", type=int, default=None, help="sequence length (default: block_size)")
     p.add_argument("--efficiency", type=float, default=0.5, help="fraction of peak matmuls reach")
     p.add_argument("--inter-node-gbps", type=float, default=25.0)
+    p.add_argument("--tp", type=int, default=None, help="only layouts with this tensor parallelism "
+                   "(e.g. 1 on GPUs without NVLink)")
+    p.add_argument("--pp", type=int, default=None, help="only layouts with this many pipeline stages")
     p.add_argument("--rows", type=int, default=15)
     args = p.parse_args(argv)
     try:
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"megagpt.plan: {err}", file=sys.stderr)
         return 2
+    if args.global_batch is None:
+        args.global_batch = GPT3_RECIPES.get(args.model, (512, None))[0]
     peak = device_peak_flops(args.gpu)
     if peak is None:
         print(f"megagpt.plan: unknown --gpu {args.gpu!r}; the known ones are in megagpt/flops.py",
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = Cluster(args.gpus, args.gpu_mem, args.gpus_per_node, peak, args.efficiency,
                       inter_node_gbps=args.inter_node_gbps)
     seq = args.seq or model.block_size
-    plans = plan(model, cluster, args.global_batch, seq)
+    plans = plan(model, cluster, args.global_batch, seq, args.tp, args.pp)
     n_params = stage_parameters(model, 1, 1)
     print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
           f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens"

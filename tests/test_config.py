@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from megagpt.config import ConfigError, ModelConfig, load_config
+from megagpt.config import GPT3_RECIPES, ConfigError, ModelConfig, load_config
 from megagpt.deepspeed_config import build_ds_config
+from megagpt.sizing import stage_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,16 @@ def test_presets_have_the_papers_shapes():
     gpt1 = ModelConfig.preset("gpt1")
     assert (gpt1.arch, gpt1.block_size, gpt1.n_layer, gpt1.n_embd) == ("gpt1", 512, 12, 768)
     assert ModelConfig.preset("gpt2-medium").n_layer == 24
+
+
+@pytest.mark.parametrize("name, paper", [("gpt3-small", 125e6), ("gpt3-medium", 350e6), ("gpt3-large", 760e6),
+                                         ("gpt3-xl", 1.3e9), ("gpt3-2.7b", 2.7e9), ("gpt3-6.7b", 6.7e9),
+                                         ("gpt3-13b", 13.0e9), ("gpt3-175b", 175.0e9)])
+def test_gpt3_presets_have_table_2_1_sizes(name, paper):
+    config = ModelConfig.preset(name)
+    assert (config.block_size, config.attention) == (2048, "gpt3_sparse")
+    assert stage_parameters(config) == pytest.approx(paper, rel=0.025)
+    assert name in GPT3_RECIPES
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

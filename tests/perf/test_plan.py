@@ -94,7 +94,7 @@ def test_only_runnable_layouts_are_candidates():
     assert layouts
     assert all(x.dp * x.pp * x.tp == 16 for x in layouts)
     assert all(25 % x.tp == 0 for x in layouts)  # 25 heads: tp 1 or 5, never 2
-    assert all(x.zero_stage <= 1 for x in layouts if x.pp > 1)  # DeepSpeed's PipelineEngine limit
+    assert {x.zero_stage for x in layouts if x.pp > 1} == {0, 1, 2, 3}  # ZeRO inside pipeline stages
     assert all(512 % (x.dp * x.micro_batch) == 0 for x in layouts)
 
 
@@ -109,6 +109,18 @@ def test_recommendation_fits_and_is_fastest():
     assert small[0].fits and small[0].layout.zero_stage > 0
     assert not any(p.fits for p in small
                    if p.layout.zero_stage == 0 and p.layout.pp == 1 and p.layout.tp == 1)
+
+
+def test_gpt3_13b_on_16_40gb_gpus_with_two_stages_needs_zero3_inside_them():
+    """The issue's case: 13B, pp=2, tp=1 (GPUs without NVLink): ZeRO-1 keeps each stage's 6.4B
+    bf16 weights and gradients whole (~24 GiB before activations); ZeRO-3 shards them over dp 8."""
+    gpt3_13b = ModelConfig.preset("gpt3-13b")
+    assert stage_parameters(gpt3_13b) == pytest.approx(12.85e9, rel=1e-3)  # Table 2.1's 13.0B
+    plans = plan(gpt3_13b, Cluster(gpus=16, gpu_mem_gib=40), global_batch=1024, tp=1, pp=2)
+    assert plans[0].fits and plans[0].layout.zero_stage == 3
+    zero1 = [p for p in plans if p.layout.zero_stage == 1]
+    assert zero1 and min(p.memory.params + p.memory.grads for p in zero1) > 22 * 2**30
+    assert plans[0].memory.params + plans[0].memory.grads < 4 * 2**30
 
 
 def test_cli_prints_a_table_and_a_recommendation(capsys):
