@@ -6,10 +6,21 @@
 #   ./launch.sh tensorboard  TensorBoard on runs/, bound to 127.0.0.1:6006
 #   ./launch.sh cluster-test [ARGS]  the SLURM and fault tests: a real one-node SLURM on localhost
 #                            (installs Debian's slurmctld, slurmd, munge when missing; needs root)
+#   ./launch.sh gpu-check [ARGS]  on an NVIDIA GPU: sets up .venv-gpu with torch's CUDA build, then
+#                            the GPU tests and benchmarks in at most 10 minutes (bench/gpu_train.py;
+#                            ARGS go to it; --smoke runs them at toy size, on a CPU too)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+
 VENV=.venv
+# gpu-check on a GPU host gets a venv of its own: pip install torch==2.13.0 there brings the CUDA
+# build (PyPI's Linux x86_64 wheel), while .venv keeps the CPU build that the tests and CI use.
+if [ "$cmd" = gpu-check ] && command -v nvidia-smi >/dev/null; then
+  VENV=.venv-gpu
+fi
 # The venv's bin first everywhere: its ninja, not /usr/bin/ninja, or DeepSpeed's JIT ops rebuild.
 export PATH="$PWD/$VENV/bin:$PATH"
 
@@ -63,13 +74,47 @@ demo() {
   echo "demo: finished in $((SECONDS - start)) s; TensorBoard: ./launch.sh tensorboard (runs/demo)"
 }
 
-cmd=${1:-demo}
-[ $# -gt 0 ] && shift
+gpu_check() {
+  if [ "$VENV" != .venv-gpu ] && [[ " $* " != *" --smoke "* ]]; then
+    echo "gpu-check: no NVIDIA GPU here (nvidia-smi not found): it measures a GPU." \
+      "'./launch.sh gpu-check --smoke' runs every part at toy size on this CPU" >&2
+    exit 2
+  fi
+  setup
+  if [ "$VENV" = .venv-gpu ]; then
+    # The CUDA build, a GPU it sees, and what DeepSpeed's JIT ops and torch.compile build with.
+    python - <<'PY'
+import shutil, sys, sysconfig
+from pathlib import Path
+import torch
+from torch.utils.cpp_extension import CUDA_HOME
+if torch.version.cuda is None:
+    sys.exit(f"gpu-check: .venv-gpu has torch {torch.__version__}, a CPU build: the pip index it "
+             "was installed from serves no CUDA build; point PIP_INDEX_URL at one that does, "
+             "delete .venv-gpu and rerun")
+if not torch.cuda.is_available():
+    sys.exit(f"gpu-check: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU; "
+             "nvidia-smi shows the driver's CUDA version, which must be at least that")
+missing = [what for what, ok in (
+    ("the CUDA toolkit's nvcc (set CUDA_HOME), for DeepSpeed's fused Adam",
+     CUDA_HOME is not None and (Path(CUDA_HOME) / "bin/nvcc").exists()),
+    ("a C++ compiler (g++)", shutil.which("g++") is not None),
+    ("Python's headers (python3-dev), for DeepSpeed's ops and torch.compile",
+     (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()),
+) if not ok]
+for what in missing:
+    print(f"gpu-check: warning: no {what}: the parts that need it will fail", file=sys.stderr)
+PY
+  fi
+  python bench/gpu_train.py "$@"
+}
+
 case "$cmd" in
   setup) setup ;;
   demo) setup; demo "$@" ;;
   test) setup; python -m pytest "$@" ;;
   cluster-test) setup; python -m pytest tests/cluster tests/faults "$@" ;;
   tensorboard) setup; exec tensorboard --logdir runs --host 127.0.0.1 --port "${PORT:-6006}" ;;
-  *) echo "usage: ./launch.sh [demo|test|cluster-test|setup|tensorboard] [args]" >&2; exit 2 ;;
+  gpu-check) gpu_check "$@" ;;
+  *) echo "usage: ./launch.sh [demo|test|cluster-test|gpu-check|setup|tensorboard] [args]" >&2; exit 2 ;;
 esac

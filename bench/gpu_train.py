@@ -1,27 +1,48 @@
-"""GPU training throughput and MFU: megagpt's DeepSpeed path against a plain-PyTorch reference.
+"""One command for a machine's first GPU: the GPU tests and the training benchmarks, in at most 10 minutes.
 
-    python bench/gpu_train.py                 # on a machine with an NVIDIA GPU: both parts, ~10 min
-    python bench/gpu_train.py --part small    # GPT-2 124M only
-    python bench/gpu_train.py --smoke         # tiny shapes on whatever device there is (the test)
+    ./launch.sh gpu-check                 # sets up .venv-gpu (torch's CUDA build), then runs this
+    python bench/gpu_train.py             # every part, on one GPU
+    python bench/gpu_train.py --parts small,xl
+    python bench/gpu_train.py --smoke     # toy shapes on whatever device there is (tests/perf runs it)
 
-small: GPT-2 124M on one GPU, the same batches. The reference is written here, nanoGPT style (SDPA
-attention, bf16 autocast, torch's fused AdamW); megagpt runs its own model in a DeepSpeed engine
-built from ds_config.json as train.py fills it (bf16, DeepSpeed's fused Adam). Tokens/s and MFU of
-each, and whether SDPA's flash kernel runs megagpt's attention.
-xl: GPT-2 1.5B with ZeRO-3 and activation checkpointing on one GPU: tokens/s, MFU, and peak memory
-against megagpt.plan's estimate for the same layout.
-Results: JSON under bench/results/ with the device name and date, and a printed table.
+Each part runs in its own process with its own time budget (seconds, H100/H200 sized), so a part
+that fails, runs out of memory or runs out of time is recorded as such and the others still run:
+
+  tests      140  python -m pytest -m gpu tests/gpu
+  small      150  GPT-2 124M tokens/s and MFU. megagpt's engine as train.py builds it (build_engine
+                  from configs/gpt2-small.yaml): at zero_stage=1, compiled as parallel.compile=auto
+                  does on a GPU, and as the config leaves it on one GPU (zero_stage auto: ZeRO-3,
+                  eager); against a nanoGPT-style reference of the same shape on the same batches
+                  (bf16 autocast, fused AdamW, compiled when megagpt is). And whether SDPA's flash
+                  kernel accepts megagpt's attention.
+  precision  120  bf16 against fp32: 200 steps of GPT-2 124M from the same seed on the same batches
+                  (a fixed random token chain the model learns: the loss falls from ln 50257 toward
+                  ln 4); the max and final relative difference of the two loss curves. Both eager.
+  xl         120  GPT-2 1.5B with ZeRO-3 and activation checkpointing (configs/gpt2-xl.yaml, one
+                  GPU): peak allocated memory against megagpt.plan's estimate of the same Layout;
+                  tokens/s and MFU.
+  loss        40  The LM head + loss forward and backward at GPT-2 124M's width and vocabulary, 16 x
+                  1024 tokens: peak memory and time of the chunked loss (megagpt/linear_cross_entropy.py)
+                  against the plain logits path, and how closely their loss and gradients agree.
+
+The parts stop early when the whole run reaches --budget (590 s). Before them, DeepSpeed's fused
+Adam is built once (JIT, cached in ~/.cache/torch_extensions): that time is reported apart.
+Results: bench/results/gpu-<device>-<date>.json (bench.report.save_results) and a printed table;
+each part's full output in runs/gpu-check/<part>.log.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import math
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -32,15 +53,118 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import deepspeed  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from megagpt.config import ModelConfig, load_config  # noqa: E402
+from bench.report import save_results  # noqa: E402
+from megagpt.config import ModelConfig, RunConfig, load_config  # noqa: E402
 from megagpt.deepspeed_config import build_ds_config  # noqa: E402
-from megagpt.engine import init_distributed, param_groups  # noqa: E402
-from megagpt.flops import accelerator_name, device_peak_flops, training_flops_per_token  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
-from megagpt.parallel.layout import Layout  # noqa: E402
-from megagpt.plan import estimate_memory  # noqa: E402
+from megagpt.engine import build_engine, build_model, init_distributed, initialize, on_cpu, warmup_cosine  # noqa: E402
+from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token  # noqa: E402
+from megagpt.model import Layers, LMHead  # noqa: E402
+from megagpt.parallel.layout import plan_layout  # noqa: E402
+from megagpt.parallel.topology import Topology  # noqa: E402
+from megagpt.plan import GiB, estimate_memory, logits_activation_bytes  # noqa: E402
+
+BUDGETS = {"tests": 140, "small": 150, "precision": 120, "xl": 120, "loss": 40}
+CHAIN_STATES, CHAIN_SUCCESSORS = 2048, 4
+LOGS = ROOT / "runs/gpu-check"
+
+
+# --- the parts, each run in a process of its own (--run-part) ---------------------------------
+
+class Figures(dict):
+    """A part's figures, written to `path` at every addition: a part cut off by its time budget
+    still reports what it measured."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def add(self, **figures) -> None:
+        self.update(figures)
+        self.path.write_text(json.dumps(self, indent=2))
+
+
+def config_name(args: argparse.Namespace, name: str) -> str:
+    """configs/<name>.yaml; under --smoke configs/tiny.yaml (its toy model) instead."""
+    return f"configs/{'tiny' if args.smoke else name}.yaml"
+
+
+def run_config(args: argparse.Namespace, name: str, overrides: list[str]) -> RunConfig:
+    return load_config(ROOT / config_name(args, name), overrides)
+
+
+def engine_of(cfg: RunConfig):
+    """The engine train.py would run `cfg` in, on this world (one process here)."""
+    return build_engine(cfg, Topology(plan_layout(cfg, dist.get_world_size())))[0]
+
+
+def free_memory() -> None:
+    """Give the memory of dropped engines and models back before the next measurement."""
+    gc.collect()
+    get_accelerator().empty_cache()
+
+
+def engine_run(cfg: RunConfig, batches: list[torch.Tensor], warmup: int,
+               build: Callable[[RunConfig], object] = engine_of) -> tuple[dict, list[float]]:
+    """Train a fresh engine of `cfg` on `batches`: ({zero_stage, compiled, seconds: the median step
+    after `warmup` steps}, the losses); the engine is destroyed after."""
+    free_memory()  # of the engines and models measured before
+    engine = build(cfg)
+    seconds, losses = timed_steps(lambda batch: engine_step(engine, batch), batches, warmup)
+    info = {"zero_stage": engine.zero_optimization_stage(), "compiled": engine.is_compiled,
+            "seconds": seconds}
+    engine.destroy()
+    return info, torch.stack(losses).float().cpu().tolist()
+
+
+def chain_batches(vocab: int, micro: int, seq: int, count: int, seed: int) -> list[torch.Tensor]:
+    """`count` batches of (micro, seq + 1) token ids walking a fixed random chain: each of
+    CHAIN_STATES ids is followed by one of its CHAIN_SUCCESSORS successors, so a model learns it
+    (loss from ln vocab toward ln 4) and every run with the same seed sees the same tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    states = min(vocab, CHAIN_STATES)
+    successors = torch.randint(0, states, (states, CHAIN_SUCCESSORS), generator=gen)
+    rows = count * micro
+    tokens = torch.empty(rows, seq + 1, dtype=torch.long)
+    tokens[:, 0] = torch.randint(0, states, (rows,), generator=gen)
+    choice = torch.randint(0, CHAIN_SUCCESSORS, (rows, seq), generator=gen)
+    for t in range(seq):
+        tokens[:, t + 1] = successors[tokens[:, t], choice[:, t]]
+    return list(tokens.view(count, micro, seq + 1))
+
+
+def engine_step(engine, batch: torch.Tensor) -> torch.Tensor:
+    """One training step as megagpt.train.train_step takes it (grad_accum 1); the loss."""
+    batch = batch.to(engine.device)
+    loss = engine(batch[:, :-1], batch[:, 1:], return_logits=False)[1]
+    engine.backward(loss)
+    engine.step()
+    return loss.detach()
+
+
+def timed_steps(step: Callable[[torch.Tensor], object], batches: list[torch.Tensor],
+                warmup: int) -> tuple[float, list]:
+    """(Median seconds of one step after `warmup` steps (compilation happens there), each step's
+    result), the device synchronised around every step."""
+    accel, times, results = get_accelerator(), [], []
+    for batch in batches:
+        accel.synchronize()
+        start = time.perf_counter()
+        results.append(step(batch))
+        accel.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:]), results
+
+
+def throughput(model: ModelConfig, micro: int, seconds: float) -> dict:
+    """Step time, tokens/s and MFU (None without a known peak) of one device."""
+    seq = model.block_size
+    tokens_per_s = micro * seq / seconds
+    peak = device_peak_flops(accelerator_name())
+    return {"step_ms": seconds * 1e3, "tokens_per_s": tokens_per_s,
+            "mfu": mfu(tokens_per_s, training_flops_per_token(model, seq), 1, peak)}
 
 
 class ReferenceBlock(nn.Module):
@@ -63,12 +187,15 @@ class ReferenceBlock(nn.Module):
 
 
 class ReferenceGPT(nn.Module):
+    """nanoGPT's GPT-2: tied embedding, the vocabulary padded as megagpt pads it (nanoGPT's 50304)."""
+
     def __init__(self, c: ModelConfig):
         super().__init__()
-        self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
+        self.wte = nn.Embedding(c.padded_vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.block_size, c.n_embd)
         self.h = nn.ModuleList(ReferenceBlock(c) for _ in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd)
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = nn.Linear(c.n_embd, c.padded_vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -79,159 +206,377 @@ class ReferenceGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
-def timed_steps(step, batches: list[torch.Tensor], warmup: int) -> float:
-    """Median seconds of one training step, after `warmup` steps, synchronising the device."""
-    accel, times = get_accelerator(), []
-    for i, batch in enumerate(batches):
-        accel.synchronize()
-        start = time.perf_counter()
-        step(batch)
-        accel.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def reference_step_seconds(model_cfg: ModelConfig, batches: list[torch.Tensor], warmup: int) -> float:
-    device, bf16 = get_accelerator().device_name(), get_accelerator().is_bf16_supported()
+def reference_step_seconds(model_cfg: ModelConfig, batches: list[torch.Tensor], warmup: int,
+                           compiled: bool) -> float:
+    device, on_gpu = get_accelerator().device_name(), not on_cpu()
+    free_memory()
     torch.manual_seed(0)
     model = ReferenceGPT(model_cfg).to(device)
-    fused = device != "cpu"
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
+    if compiled:
+        model.compile()
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=on_gpu)
 
     def step(batch: torch.Tensor) -> None:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+        batch = batch.to(device)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=on_gpu):
             loss = model(batch[:, :-1], batch[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return timed_steps(step, batches, warmup)
+    return timed_steps(step, batches, warmup)[0]
 
 
-def megagpt_engine(model_cfg: ModelConfig, micro_batch: int, zero_stage: int, checkpoint_blocks: int):
-    run = load_config(ROOT / "configs/tiny.yaml", [f"train.micro_batch_size={micro_batch}",
-                                                   f"parallel.zero_stage={zero_stage}"])
-    on_gpu = get_accelerator().device_name() != "cpu"
-    ds_config, _ = build_ds_config(ROOT / "ds_config.json", run, 1, zero_stage, on_gpu)
-    torch.manual_seed(0)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage == 3):
-        model = GPT(model_cfg)
-    model.transformer.checkpoint_blocks = checkpoint_blocks
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.1),
-                                      config=ds_config)
-    return engine
-
-
-def megagpt_step_seconds(engine, batches: list[torch.Tensor], warmup: int) -> float:
-    def step(batch: torch.Tensor) -> None:
-        batch = batch.to(engine.device)
-        loss = engine(batch[:, :-1], batch[:, 1:], return_logits=False)[1]
-        engine.backward(loss)
-        engine.step()
-
-    return timed_steps(step, batches, warmup)
-
-
-def flash_attention_runs(engine, batch: torch.Tensor) -> bool:
-    """Whether megagpt's forward runs with SDPA restricted to the flash kernel (it raises if not)."""
+def flash_attention_runs(model_cfg: ModelConfig, batch: torch.Tensor) -> bool:
+    """Whether megagpt's forward (bf16, as the engine runs it) runs with SDPA restricted to the
+    flash kernel, which raises where flash cannot take the call."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from megagpt.model import GPT
+
+    device = get_accelerator().device_name()
+    model = GPT(model_cfg).to(device=device, dtype=torch.bfloat16)
     try:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
-            engine(batch[:, :-1].to(engine.device))
+            model(batch[:, :-1].to(device))
         return True
     except RuntimeError:
         return False
 
 
-def small_part(args: argparse.Namespace, peak: float | None) -> dict:
-    cfg = ModelConfig.preset("gpt2-tiny" if args.smoke else "gpt2-small", dropout=0.0)
-    seq, micro = cfg.block_size, (4 if args.smoke else args.micro_batch)
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, cfg.vocab_size, (micro, seq + 1), generator=gen).to(
-        get_accelerator().device_name()) for _ in range(args.steps + args.warmup)]
-    reference = reference_step_seconds(cfg, batches, args.warmup)
-    engine = megagpt_engine(cfg, micro, zero_stage=1, checkpoint_blocks=0)
-    ours = megagpt_step_seconds(engine, batches, args.warmup)
-    flash = flash_attention_runs(engine, batches[0]) if engine.device.type != "cpu" else None
-    tokens = micro * seq
-    fpt = training_flops_per_token(cfg, seq)
-    row = {"model": "gpt2-small" if not args.smoke else "gpt2-tiny", "micro_batch": micro, "seq": seq,
-           "megagpt_tokens_per_s": tokens / ours, "reference_tokens_per_s": tokens / reference,
-           "speedup": reference / ours, "flash_attention": flash}
-    if peak:
-        row |= {"megagpt_mfu": tokens / ours * fpt / peak, "reference_mfu": tokens / reference * fpt / peak}
-    return row
+def small_part(args: argparse.Namespace, out: Figures) -> None:
+    base = [f"train.micro_batch_size={args.micro_batch}", "train.grad_accum=1",
+            "model.dropout=0.0"]  # nanoGPT pre-trains without dropout, and so does the reference
+    cfg = run_config(args, "gpt2-small", [*base, "parallel.zero_stage=1"])
+    model, micro = cfg.model, args.micro_batch
+    batches = chain_batches(model.vocab_size, micro, model.block_size, args.warmup + args.steps, seed=0)
+    out.add(config=config_name(args, "gpt2-small"), micro_batch=micro, seq=model.block_size,
+            timed_steps=args.steps, warmup_steps=args.warmup)
+
+    info, _ = engine_run(cfg, batches, args.warmup)
+    out.add(megagpt={**info, **throughput(model, micro, info["seconds"])})
+
+    reference = reference_step_seconds(model, batches, args.warmup, compiled=info["compiled"])
+    out.add(reference={"compiled": info["compiled"], **throughput(model, micro, reference)},
+            megagpt_vs_reference=reference / info["seconds"])
+
+    out.add(flash_attention=None if on_cpu() else flash_attention_runs(model, batches[0]))
+
+    # As the config file leaves it: zero_stage auto, which is ZeRO-3 (so eager) on one process.
+    info, _ = engine_run(run_config(args, "gpt2-small", base), batches, args.warmup)
+    out.add(megagpt_as_configured={**info, **throughput(model, micro, info["seconds"])})
 
 
-def xl_part(args: argparse.Namespace, peak: float | None) -> dict:
-    cfg = ModelConfig.preset("gpt2-tiny" if args.smoke else "gpt2-xl", dropout=0.0)
-    seq, micro = cfg.block_size, (4 if args.smoke else args.xl_micro_batch)
+def fp32_engine(cfg: RunConfig):
+    """cfg's engine built as build_engine builds it, but in fp32 on a GPU too. build_ds_config turns
+    bf16 on wherever there is a GPU and has no switch for fp32, so this takes the same pieces
+    (build_ds_config, build_model, initialize) and changes that one value; not compiled."""
+    topo = Topology(plan_layout(cfg, dist.get_world_size()))
+    ds_config, _ = build_ds_config(cfg.parallel.ds_config, cfg, topo.layout.dp, topo.layout.zero_stage,
+                                   on_gpu=not on_cpu())
+    ds_config["bf16"]["enabled"] = False
+    return initialize(build_model(cfg, topo, ds_config), ds_config, cfg.train.weight_decay,
+                      warmup_cosine(cfg.train), mpu=topo.mpu)
+
+
+def precision_part(args: argparse.Namespace, out: Figures) -> None:
+    steps, micro = args.precision_steps, args.precision_micro_batch
+    cfg = run_config(args, "gpt2-small", [
+        f"train.micro_batch_size={micro}", "train.grad_accum=1", "model.dropout=0.0",
+        "parallel.zero_stage=1", "parallel.compile=false",  # eager both: only the precision differs
+        f"train.max_steps={steps}", f"train.warmup_steps={steps // 10}"])
+    batches = chain_batches(cfg.model.vocab_size, micro, cfg.model.block_size, steps, seed=1)
+    # build_engine trains in bf16 on a GPU; on a CPU in fp32, and then this checks that the fp32
+    # engine's pieces make the engine build_engine makes (the curves must be equal).
+    first = "fp32 (build_engine)" if on_cpu() else "bf16"
+    out.add(config=config_name(args, "gpt2-small"), runs=[first, "fp32"], steps=steps, micro_batch=micro,
+            seq=cfg.model.block_size, lr=cfg.train.lr,
+            fp32_matmul_precision=torch.get_float32_matmul_precision())
+    curves = {}
+    for name, build in ((first, engine_of), ("fp32", fp32_engine)):
+        info, curves[name] = engine_run(cfg, batches, steps // 10, build)
+        out.add(**{f"{name} step_ms": info["seconds"] * 1e3, f"{name} losses": curves[name]})
+    a, b = torch.tensor(curves[first]), torch.tensor(curves["fp32"])
+    relative = (a - b).abs() / b.abs()
+    out.add(max_relative_difference=relative.max().item(), max_at_step=int(relative.argmax()) + 1,
+            final_relative_difference=relative[-1].item(), first_loss=b[0].item(), final_loss=b[-1].item())
+
+
+def xl_part(args: argparse.Namespace, out: Figures) -> None:
+    micro = args.xl_micro_batch
+    cfg = run_config(args, "gpt2-xl", [f"train.micro_batch_size={micro}", "train.grad_accum=1",
+                                       "parallel.zero_stage=3", "parallel.activation_checkpoint=1"])
+    layout = plan_layout(cfg, dist.get_world_size())
+    seq = cfg.model.block_size
+    plan = estimate_memory(cfg.model, layout, seq, num_micro=cfg.train.grad_accum)
+    out.add(config=config_name(args, "gpt2-xl"), layout=str(layout), seq=seq, planned_gib=plan.total / GiB,
+            planned_breakdown_gib={k: getattr(plan, k) / GiB
+                                   for k in ("params", "grads", "optimizer", "activations", "buffers")})
     accel = get_accelerator()
     accel.reset_peak_memory_stats()
-    engine = megagpt_engine(cfg, micro, zero_stage=3, checkpoint_blocks=1)
-    gen = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, cfg.vocab_size, (micro, seq + 1), generator=gen)
-               for _ in range(args.steps + args.warmup)]
-    seconds = megagpt_step_seconds(engine, batches, args.warmup)
-    tokens = micro * seq
-    estimate = estimate_memory(cfg, Layout(1, 1, 1, 3, 1, micro), seq, num_micro=1)
-    row = {"model": "gpt2-xl" if not args.smoke else "gpt2-tiny", "micro_batch": micro, "seq": seq,
-           "zero_stage": 3, "activation_checkpoint": 1, "megagpt_tokens_per_s": tokens / seconds,
-           "planned_gib": estimate.total / 2**30}
-    if engine.device.type != "cpu":
-        row["peak_allocated_gib"] = accel.max_memory_allocated() / 2**30
-        row["peak_vs_plan"] = row["peak_allocated_gib"] / row["planned_gib"]
-    if peak:
-        row["megagpt_mfu"] = tokens / seconds * training_flops_per_token(cfg, seq) / peak
-    return row
+    batches = chain_batches(cfg.model.vocab_size, micro, seq, args.xl_warmup + args.xl_steps, seed=2)
+    info, _ = engine_run(cfg, batches, args.xl_warmup)
+    out.add(**throughput(cfg.model, micro, info["seconds"]))
+    if on_cpu():
+        out.add(note="peak memory: GPU only (a CPU process's RSS is no allocator peak)")
+    else:
+        peak = accel.max_memory_allocated() / GiB
+        out.add(peak_allocated_gib=peak, peak_reserved_gib=accel.max_memory_reserved() / GiB,
+                peak_vs_plan=peak / out["planned_gib"])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["small", "xl", "both"], default="both")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes: checks the script runs, anywhere")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--micro-batch", type=int, default=16, help="GPT-2 124M sequences a step")
-    p.add_argument("--xl-micro-batch", type=int, default=8, help="GPT-2 1.5B sequences a step")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
-    if args.smoke:
-        args.steps, args.warmup = 2, 1
+def lm_head_pass(head: LMHead, x: torch.Tensor, targets: torch.Tensor, chunked: bool) -> dict:
+    """One forward + backward of the LM head and loss: peak memory above what was allocated before
+    (GPU only), seconds, the loss and the gradients."""
+    accel = get_accelerator()
+    x.grad = head.weight.grad = None
+    gc.collect()
+    accel.empty_cache()
+    accel.synchronize()
+    accel.reset_peak_memory_stats()
+    before = accel.memory_allocated()
+    start = time.perf_counter()
+    # GPT.forward's two paths: return_logits=False (the trainer's), and the logits then their loss
+    loss = head(x, targets) if chunked else Layers().cross_entropy(head(x), targets)
+    loss.backward()
+    accel.synchronize()
+    seconds = time.perf_counter() - start
+    peak = None if on_cpu() else (accel.max_memory_allocated() - before) / GiB
+    return {"peak_gib": peak, "seconds": seconds, "loss": loss.detach(), "grads": (x.grad, head.weight.grad)}
+
+
+def loss_part(args: argparse.Namespace, out: Figures) -> None:
+    model = run_config(args, "gpt2-small", []).model
+    micro, seq, device = args.micro_batch, model.block_size, get_accelerator().device_name()
+    dtype = torch.float32 if on_cpu() else torch.bfloat16  # what the engine trains in (bf16.enabled)
+    torch.manual_seed(0)
+    head = LMHead(model.n_embd, model.padded_vocab_size, model.vocab_size).to(device=device, dtype=dtype)
+    x = torch.randn(micro, seq, model.n_embd, device=device, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, model.vocab_size, (micro, seq), device=device)
+    out.add(config=config_name(args, "gpt2-small"), tokens=micro * seq, width=model.n_embd,
+            vocab=model.padded_vocab_size, dtype=str(dtype),
+            plan_kept_gib=logits_activation_bytes(model, micro, seq, tp=1, dtype_bytes=dtype.itemsize) / GiB)
+    runs = {}
+    for name, chunked in (("chunked", True), ("plain", False)):
+        lm_head_pass(head, x, targets, chunked)  # warm-up: cuBLAS workspaces, kernel selection
+        runs[name] = lm_head_pass(head, x, targets, chunked)
+        out.add(**{name: {"peak_gib": runs[name]["peak_gib"], "ms": runs[name]["seconds"] * 1e3}})
+    chunked, plain = runs["chunked"], runs["plain"]
+    grad_difference = max(((a - b).float().norm() / b.float().norm()).item()
+                          for a, b in zip(chunked["grads"], plain["grads"]))
+    out.add(loss_difference=(chunked["loss"] - plain["loss"]).abs().item(),
+            grad_relative_difference=grad_difference)
+    if on_cpu():
+        out.add(note="peak memory: GPU only (a CPU process's RSS is no allocator peak)")
+    else:
+        out.add(memory_ratio=plain["peak_gib"] / chunked["peak_gib"])
+
+
+PARTS = {"small": small_part, "precision": precision_part, "xl": xl_part, "loss": loss_part}
+
+
+def run_part(args: argparse.Namespace) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     init_distributed()
+    PARTS[args.run_part](args, Figures(args.part_out))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+# --- the check: every part in a process of its own, within its budget --------------------------
+
+def run_process(command: list[str], budget: float, log_path: Path) -> tuple[int | None, float]:
+    """Run `command` in its own process group, output to `log_path`; (exit code, or None when the
+    budget ran out and the group was killed; seconds)."""
+    start = time.monotonic()
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # torch.compile's workers die with it
+        try:
+            code = proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+    return code, time.monotonic() - start
+
+
+def last_lines(path: Path, count: int) -> list[str]:
+    return [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-count:]
+
+
+def gpu_tests(budget: float) -> dict:
+    tests = ROOT / "tests/gpu"
+    if not tests.is_dir():
+        return {"status": "absent", "seconds": 0.0,
+                "summary": "tests/gpu is not in this checkout (the GPU tests are added with it)"}
+    log_path = LOGS / "tests.log"
+    code, seconds = run_process([sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q"], budget,
+                                log_path)
+    summary = (last_lines(log_path, 1) or ["no output"])[0].strip("= ")
+    status = {None: "timeout", 0: "passed", 5: "no tests"}.get(code, "failed")
+    return {"status": status, "seconds": seconds, "summary": summary, "log": str(log_path.relative_to(ROOT))}
+
+
+def bench_part(name: str, args: argparse.Namespace, budget: float) -> dict:
+    figures, log_path = LOGS / f"{name}.json", LOGS / f"{name}.log"
+    figures.unlink(missing_ok=True)
+    sizes = [a for key in SIZES for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-part", name, "--part-out", str(figures),
+               *(["--smoke"] if args.smoke else []), *sizes]
+    code, seconds = run_process(command, budget, log_path)
+    result = {"status": {None: "timeout", 0: "ok"}.get(code, "failed"), "seconds": seconds,
+              "log": str(log_path.relative_to(ROOT))}
+    if code != 0:
+        result["error"] = last_lines(log_path, 12)
+    if figures.exists():  # what it measured before it stopped, if it stopped
+        result["figures"] = json.loads(figures.read_text())
+    return result
+
+
+def prepare_fused_adam() -> dict:
+    """Build (or load from the cache) DeepSpeed's fused Adam, which the engine uses on a GPU, so
+    that no part's budget pays for a first-time JIT build."""
+    if on_cpu():
+        return {"status": "skipped", "summary": "CPU: the engine uses torch's AdamW"}
+    start = time.monotonic()
+    try:
+        get_accelerator().create_op_builder("FusedAdamBuilder").load(verbose=False)
+    except Exception as err:  # recorded; the engine's parts then fail with the same cause
+        return {"status": "failed", "seconds": time.monotonic() - start, "error": [repr(err)]}
+    return {"status": "ok", "seconds": time.monotonic() - start}
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def describe(name: str, result: dict) -> str:
+    """The table's text for a part's figures (those it has: a part cut short has fewer)."""
+    f = result.get("figures", {})
+    if name == "tests" or "summary" in result:
+        return result.get("summary", "")
+    text = []
+    if name == "small":
+        for key, label in (("megagpt", "megagpt zero1"), ("reference", "reference"),
+                           ("megagpt_as_configured", "megagpt as configured")):
+            if key in f:
+                r = f[key]
+                text.append(f"{label}{' compiled' if r['compiled'] else ''}: "
+                            f"{r['tokens_per_s']:,.0f} tok/s MFU {pct(r['mfu'])}")
+        if "megagpt_vs_reference" in f:
+            text.append(f"megagpt/reference {f['megagpt_vs_reference']:.2f}x")
+        if "flash_attention" in f:
+            text.append(f"flash: {'n/a (CPU)' if f['flash_attention'] is None else f['flash_attention']}")
+    elif name == "precision" and "final_relative_difference" in f:
+        text.append(f"{' vs '.join(f['runs'])} over {f['steps']} steps: max rel diff "
+                    f"{pct(f['max_relative_difference'])} (step {f['max_at_step']}), final "
+                    f"{pct(f['final_relative_difference'])}; fp32 loss {f['first_loss']:.2f} -> "
+                    f"{f['final_loss']:.2f}")
+        if "bf16" not in f["runs"]:
+            text.append("bf16 not run (CPU)")
+    elif name == "xl" and "planned_gib" in f:
+        if "peak_allocated_gib" in f:
+            text.append(f"peak {f['peak_allocated_gib']:.1f} GiB vs plan {f['planned_gib']:.1f} GiB "
+                        f"({f['peak_vs_plan']:.2f}x)")
+        else:
+            text.append(f"plan {f['planned_gib']:.2f} GiB, peak not measured (CPU)")
+        if "tokens_per_s" in f:
+            text.append(f"{f['tokens_per_s']:,.0f} tok/s MFU {pct(f['mfu'])}")
+    elif name == "loss" and "plain" in f:
+        c, p = f["chunked"], f["plain"]
+        if c["peak_gib"] is not None:
+            text.append(f"peak chunked {c['peak_gib']:.2f} GiB vs plain {p['peak_gib']:.2f} GiB "
+                        f"({f['memory_ratio']:.1f}x less)")
+        else:
+            text.append("peak not measured (CPU)")
+        text.append(f"{c['ms']:.1f} ms vs {p['ms']:.1f} ms")
+        if "grad_relative_difference" in f:
+            text.append(f"grads agree to {f['grad_relative_difference']:.1e}")
+    if result["status"] != "ok" and result.get("error"):
+        text.append(result["error"][-1][:120])
+    return " | ".join(text)
+
+
+def print_table(out: dict) -> None:
+    peak = out["peak_flops"]
+    print(f"\ngpu-check on {out['device']}" + (f" (peak {peak / 1e12:.0f} TFLOP/s bf16)" if peak else "")
+          + f", torch {out['torch']}, DeepSpeed {out['deepspeed']}"
+          + (" [smoke: toy shapes]" if out["smoke"] else ""))
+    prep = out["prepare_fused_adam"]
+    print(f"fused Adam: {prep['status']}" + (f" in {prep['seconds']:.0f} s" if "seconds" in prep else ""))
+    print(f"{'part':<10}{'status':<10}{'time':>7}{'budget':>8}  result")
+    for name, r in out["parts"].items():
+        seconds = f"{r['seconds']:.0f} s" if "seconds" in r else "-"
+        print(f"{name:<10}{r['status']:<10}{seconds:>7}{r['budget_s']:>6.0f} s  {describe(name, r)}")
+    print(f"total {out['elapsed_s']:.0f} s of {out['budget_s']:.0f} s")
+
+
+def check(args: argparse.Namespace) -> int:
+    LOGS.mkdir(parents=True, exist_ok=True)
     device = accelerator_name()
-    peak = device_peak_flops(device)
-    rows = []
-    if args.part in ("small", "both"):
-        rows.append(small_part(args, peak))
-    if args.part in ("xl", "both"):
-        rows.append(xl_part(args, peak))
-    out = {"bench": "gpu_train", "date": str(date.today()), "device": device, "peak_flops": peak,
-           "torch": torch.__version__, "deepspeed": deepspeed.__version__, "results": rows}
-    path = args.json or ROOT / f"bench/results/gpu_train-{device.replace(' ', '_')}-{date.today()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"device: {device}" + (f" (peak {peak / 1e12:.0f} TFLOP/s bf16)" if peak else " (no known peak)"))
-    for r in rows:
-        mfu = r.get("megagpt_mfu")
-        line = (f"{r['model']:<11} micro {r['micro_batch']:>2} x {r['seq']}: megagpt "
-                f"{r['megagpt_tokens_per_s']:,.0f} tokens/s" + (f", MFU {mfu:.1%}" if mfu else ""))
-        if "reference_tokens_per_s" in r:
-            line += (f" | reference {r['reference_tokens_per_s']:,.0f} tokens/s"
-                     + (f", MFU {r['reference_mfu']:.1%}" if "reference_mfu" in r else "")
-                     + f" | ratio {r['speedup']:.2f}x | flash attention: {r['flash_attention']}")
-        if "planned_gib" in r:
-            line += f" | planned {r['planned_gib']:.1f} GiB"
-            if "peak_allocated_gib" in r:
-                line += f", peak {r['peak_allocated_gib']:.1f} GiB ({r['peak_vs_plan']:.2f}x)"
-        print(line)
-    print(f"results: {path}")
-    assert all(math.isfinite(r["megagpt_tokens_per_s"]) for r in rows)
+    out = {"bench": "gpu_check", "date": str(date.today()), "device": device,
+           "peak_flops": device_peak_flops(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "deepspeed": deepspeed.__version__, "smoke": args.smoke, "budget_s": args.budget,
+           "prepare_fused_adam": prepare_fused_adam(), "parts": {}}
+    start = time.monotonic()  # the budget is the parts': a first fused Adam build is reported above
+    for name in args.parts:
+        left = args.budget - (time.monotonic() - start)
+        budget = min(BUDGETS[name], left)
+        if budget < 10:
+            result = {"status": "skipped", "summary": f"the run's --budget {args.budget:.0f} s was spent"}
+        else:
+            print(f"gpu-check: {name} (budget {budget:.0f} s) ...", flush=True)
+            result = gpu_tests(budget) if name == "tests" else bench_part(name, args, budget)
+            print(f"gpu-check: {name} {result['status']} in {result['seconds']:.0f} s", flush=True)
+        out["parts"][name] = {"budget_s": budget, **result}
+    out["elapsed_s"] = time.monotonic() - start
+    stem = f"gpu-{device.replace(' ', '_')}-{date.today()}{'-smoke' if args.smoke else ''}"
+    path = args.json or ROOT / "bench/results" / f"{stem}.json"
+    save_results(path, out)
+    print_table(out)
+    failed = [n for n, r in out["parts"].items() if r["status"] in ("failed", "timeout")]
+    return 1 if failed or out["prepare_fused_adam"]["status"] == "failed" else 0
+
+
+# flag: (default, under --smoke, what it is)
+SIZES = {
+    "steps": (20, 2, "timed steps (small)"),
+    "warmup": (10, 1, "untimed steps before them (small; torch.compile compiles there)"),
+    "micro_batch": (16, 4, "GPT-2 124M sequences a step (small, loss)"),
+    # 200 fp32 steps of GPT-2 124M at 8 x 1024 tokens: about 40 s on an H100
+    "precision_steps": (200, 20, "steps of each precision"),
+    "precision_micro_batch": (8, 2, "sequences a step (precision)"),
+    "xl_micro_batch": (8, 2, "GPT-2 1.5B sequences a step"),
+    "xl_steps": (5, 2, "timed steps (xl)"),
+    "xl_warmup": (2, 1, "untimed steps before them (xl)"),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default=",".join(BUDGETS), type=lambda s: s.split(","),
+                   help=f"comma-separated, of {', '.join(BUDGETS)} (default: all, in this order)")
+    p.add_argument("--smoke", action="store_true", help="toy shapes: checks every part runs, anywhere")
+    p.add_argument("--budget", type=float, default=590.0, help="seconds for all parts together")
+    for key, (full, smoke, what) in SIZES.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"{what} ({full}; --smoke {smoke})")
+    p.add_argument("--json", type=Path, default=None, help="default: bench/results/gpu-<device>-<date>.json")
+    p.add_argument("--run-part", choices=PARTS, help=argparse.SUPPRESS)  # one part, in this process
+    p.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    for key, (full, smoke, _) in SIZES.items():
+        if getattr(args, key) is None:
+            setattr(args, key, smoke if args.smoke else full)
+    if args.run_part:
+        run_part(args)
+        return 0
+    unknown = set(args.parts) - set(BUDGETS)
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(BUDGETS)}")
+    return check(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

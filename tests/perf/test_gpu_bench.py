@@ -1,4 +1,5 @@
-"""bench/gpu_train.py runs end to end (tiny shapes on this CPU), so it is ready for a GPU machine."""
+"""bench/gpu_train.py (./launch.sh gpu-check) runs every part end to end at toy shapes on this CPU, so
+it is ready for a GPU machine; a part that fails or outruns its budget is recorded, not fatal."""
 
 import json
 import subprocess
@@ -11,13 +12,60 @@ from tests.train.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_gpu_bench_smoke_run_writes_both_parts(tmp_path):
+def gpu_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--json", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return proc, json.loads(out.read_text())
+
+
+def test_smoke_runs_every_part(tmp_path):
+    proc, result = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    small, xl = result["results"]
-    assert small["megagpt_tokens_per_s"] > 0 and small["reference_tokens_per_s"] > 0
-    assert xl["zero_stage"] == 3 and xl["activation_checkpoint"] == 1 and xl["planned_gib"] > 0
-    assert "megagpt" in proc.stdout and "reference" in proc.stdout
+    parts = result["parts"]
+    assert list(parts) == ["tests", "small", "precision", "xl", "loss"]
+    assert parts["tests"]["status"] in ("passed", "absent", "no tests"), parts["tests"]
+    for name in ("small", "precision", "xl", "loss"):
+        assert parts[name]["status"] == "ok", parts[name]
+
+    small = parts["small"]["figures"]
+    assert small["megagpt"]["tokens_per_s"] > 0 and small["reference"]["tokens_per_s"] > 0
+    assert small["megagpt"]["zero_stage"] == 1
+    assert small["megagpt_as_configured"]["zero_stage"] == 3  # zero_stage auto on one process
+    assert small["flash_attention"] is None  # CPU: not checked
+
+    precision = parts["precision"]["figures"]
+    # No bf16 on the CPU: build_engine's fp32 run and the fp32 engine's pieces train alike.
+    assert precision["runs"] == ["fp32 (build_engine)", "fp32"]
+    assert len(precision["fp32 losses"]) == precision["steps"]
+    assert precision["max_relative_difference"] < 1e-5
+
+    xl = parts["xl"]["figures"]
+    assert "zero3" in xl["layout"] and "ac=1" in xl["layout"] and xl["planned_gib"] > 0
+    assert "peak_allocated_gib" not in xl  # GPU only
+
+    loss = parts["loss"]["figures"]
+    assert loss["loss_difference"] < 1e-4 and loss["grad_relative_difference"] < 1e-4
+    assert loss["chunked"]["peak_gib"] is None  # GPU only
+
+    table = proc.stdout[proc.stdout.index("gpu-check on"):]
+    for name in parts:
+        assert f"\n{name}" in table
+    assert "bf16 not run (CPU)" in table and "peak not measured (CPU)" in table
+
+
+def test_a_failing_part_does_not_stop_the_others(tmp_path):
+    proc, result = gpu_check(tmp_path, "--parts", "xl,loss", "--xl-micro-batch", "0")
+    assert proc.returncode == 1
+    xl, loss = result["parts"]["xl"], result["parts"]["loss"]
+    assert xl["status"] == "failed" and "micro_batch_size must be positive" in "\n".join(xl["error"])
+    assert loss["status"] == "ok"
+    assert "failed" in proc.stdout
+
+
+def test_a_part_past_the_budget_is_stopped_and_the_rest_skipped(tmp_path):
+    proc, result = gpu_check(tmp_path, "--parts", "small,loss", "--budget", "12")
+    assert proc.returncode == 1
+    small, loss = result["parts"]["small"], result["parts"]["loss"]
+    assert small["status"] == "timeout" and 12 <= small["seconds"] < 30
+    assert loss["status"] == "skipped"
