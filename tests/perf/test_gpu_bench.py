@@ -24,7 +24,7 @@ def test_smoke_runs_every_part(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     parts = result["parts"]
     assert list(parts) == ["tests", "small", "precision", "xl", "loss"]
-    assert parts["tests"]["status"] in ("passed", "absent", "no tests"), parts["tests"]
+    assert parts["tests"]["status"] in ("collected", "absent", "no tests"), parts["tests"]  # not run
     for name in ("small", "precision", "xl", "loss"):
         assert parts[name]["status"] == "ok", parts[name]
 
