@@ -42,7 +42,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -80,10 +82,22 @@ class Figures(dict):
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
+        self.failed: list[str] = []
 
     def add(self, **figures) -> None:
         self.update(figures)
         self.path.write_text(json.dumps(self, indent=2))
+
+    @contextmanager
+    def measuring(self, key: str) -> Iterator[None]:
+        """One measurement of several in a part: an exception in it is recorded under `key` and
+        printed, and the part goes on to the next one (then exits as failed)."""
+        try:
+            yield
+        except Exception as err:
+            traceback.print_exc()
+            self.failed.append(key)
+            self.add(**{key: {"error": repr(err)}})
 
 
 def config_name(args: argparse.Namespace, name: str) -> str:
@@ -254,18 +268,22 @@ def small_part(args: argparse.Namespace, out: Figures) -> None:
     out.add(config=config_name(args, "gpt2-small"), micro_batch=micro, seq=model.block_size,
             timed_steps=args.steps, warmup_steps=args.warmup)
 
-    info, _ = engine_run(cfg, batches, args.warmup)
-    out.add(megagpt={**info, **throughput(model, micro, info["seconds"])})
-
-    reference = reference_step_seconds(model, batches, args.warmup, compiled=info["compiled"])
-    out.add(reference={"compiled": info["compiled"], **throughput(model, micro, reference)},
-            megagpt_vs_reference=reference / info["seconds"])
-
-    out.add(flash_attention=None if on_cpu() else flash_attention_runs(model, batches[0]))
-
+    compiled = not on_cpu()  # what parallel.compile=auto does at zero_stage 1, until the engine says
+    with out.measuring("megagpt"):
+        info, _ = engine_run(cfg, batches, args.warmup)
+        compiled = info["compiled"]
+        out.add(megagpt={**info, **throughput(model, micro, info["seconds"])})
+    with out.measuring("reference"):
+        seconds = reference_step_seconds(model, batches, args.warmup, compiled)
+        out.add(reference={"compiled": compiled, **throughput(model, micro, seconds)})
+    if "step_ms" in out["megagpt"] and "step_ms" in out["reference"]:
+        out.add(megagpt_vs_reference=out["reference"]["step_ms"] / out["megagpt"]["step_ms"])
+    with out.measuring("flash_attention"):
+        out.add(flash_attention=None if on_cpu() else flash_attention_runs(model, batches[0]))
     # As the config file leaves it: zero_stage auto, which is ZeRO-3 (so eager) on one process.
-    info, _ = engine_run(run_config(args, "gpt2-small", base), batches, args.warmup)
-    out.add(megagpt_as_configured={**info, **throughput(model, micro, info["seconds"])})
+    with out.measuring("megagpt_as_configured"):
+        info, _ = engine_run(run_config(args, "gpt2-small", base), batches, args.warmup)
+        out.add(megagpt_as_configured={**info, **throughput(model, micro, info["seconds"])})
 
 
 def fp32_engine(cfg: RunConfig):
@@ -359,9 +377,12 @@ def loss_part(args: argparse.Namespace, out: Figures) -> None:
             plan_kept_gib=logits_activation_bytes(model, micro, seq, tp=1, dtype_bytes=dtype.itemsize) / GiB)
     runs = {}
     for name, chunked in (("chunked", True), ("plain", False)):
-        lm_head_pass(head, x, targets, chunked)  # warm-up: cuBLAS workspaces, kernel selection
-        runs[name] = lm_head_pass(head, x, targets, chunked)
-        out.add(**{name: {"peak_gib": runs[name]["peak_gib"], "ms": runs[name]["seconds"] * 1e3}})
+        with out.measuring(name):  # the plain path may run out of memory where the chunked one fits
+            lm_head_pass(head, x, targets, chunked)  # warm-up: cuBLAS workspaces, kernel selection
+            runs[name] = lm_head_pass(head, x, targets, chunked)
+            out.add(**{name: {"peak_gib": runs[name]["peak_gib"], "ms": runs[name]["seconds"] * 1e3}})
+    if len(runs) < 2:
+        return
     chunked, plain = runs["chunked"], runs["plain"]
     grad_difference = max(((a - b).float().norm() / b.float().norm()).item()
                           for a, b in zip(chunked["grads"], plain["grads"]))
@@ -377,11 +398,13 @@ PARTS = {"small": small_part, "precision": precision_part, "xl": xl_part, "loss"
 
 
 def run_part(args: argparse.Namespace) -> None:
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     init_distributed()
-    PARTS[args.run_part](args, Figures(args.part_out))
+    figures = Figures(args.part_out)
+    PARTS[args.run_part](args, figures)
     dist.barrier()
     dist.destroy_process_group()
+    if figures.failed:
+        sys.exit(f"{args.run_part}: failed: {', '.join(figures.failed)} (tracebacks above)")
 
 
 # --- the check: every part in a process of its own, within its budget --------------------------
@@ -463,14 +486,18 @@ def describe(name: str, result: dict) -> str:
     if name == "small":
         for key, label in (("megagpt", "megagpt zero1"), ("reference", "reference"),
                            ("megagpt_as_configured", "megagpt as configured")):
-            if key in f:
-                r = f[key]
+            r = f.get(key, {})
+            if "error" in r:
+                text.append(f"{label}: failed")
+            elif r:
                 text.append(f"{label}{' compiled' if r['compiled'] else ''}: "
                             f"{r['tokens_per_s']:,.0f} tok/s MFU {pct(r['mfu'])}")
         if "megagpt_vs_reference" in f:
             text.append(f"megagpt/reference {f['megagpt_vs_reference']:.2f}x")
         if "flash_attention" in f:
-            text.append(f"flash: {'n/a (CPU)' if f['flash_attention'] is None else f['flash_attention']}")
+            flash = f["flash_attention"]  # True / False, None on a CPU, or {"error": ...}
+            shown = "n/a (CPU)" if flash is None else "failed" if isinstance(flash, dict) else flash
+            text.append(f"flash: {shown}")
     elif name == "precision" and "final_relative_difference" in f:
         text.append(f"{' vs '.join(f['runs'])} over {f['steps']} steps: max rel diff "
                     f"{pct(f['max_relative_difference'])} (step {f['max_at_step']}), final "
@@ -486,7 +513,7 @@ def describe(name: str, result: dict) -> str:
             text.append(f"plan {f['planned_gib']:.2f} GiB, peak not measured (CPU)")
         if "tokens_per_s" in f:
             text.append(f"{f['tokens_per_s']:,.0f} tok/s MFU {pct(f['mfu'])}")
-    elif name == "loss" and "plain" in f:
+    elif name == "loss" and "grad_relative_difference" in f:
         c, p = f["chunked"], f["plain"]
         if c["peak_gib"] is not None:
             text.append(f"peak chunked {c['peak_gib']:.2f} GiB vs plain {p['peak_gib']:.2f} GiB "
@@ -494,8 +521,7 @@ def describe(name: str, result: dict) -> str:
         else:
             text.append("peak not measured (CPU)")
         text.append(f"{c['ms']:.1f} ms vs {p['ms']:.1f} ms")
-        if "grad_relative_difference" in f:
-            text.append(f"grads agree to {f['grad_relative_difference']:.1e}")
+        text.append(f"grads agree to {f['grad_relative_difference']:.1e}")
     if result["status"] != "ok" and result.get("error"):
         text.append(result["error"][-1][:120])
     return " | ".join(text)

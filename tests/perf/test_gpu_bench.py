@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
+from bench.gpu_train import Figures
 from tests.train.conftest import ROOT
-
-pytestmark = pytest.mark.slow
 
 
 def gpu_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -19,6 +18,7 @@ def gpu_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part(tmp_path):
     proc, result = gpu_check(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -54,6 +54,7 @@ def test_smoke_runs_every_part(tmp_path):
     assert "bf16 not run (CPU)" in table and "peak not measured (CPU)" in table
 
 
+@pytest.mark.slow
 def test_a_failing_part_does_not_stop_the_others(tmp_path):
     proc, result = gpu_check(tmp_path, "--parts", "xl,loss", "--xl-micro-batch", "0")
     assert proc.returncode == 1
@@ -63,9 +64,21 @@ def test_a_failing_part_does_not_stop_the_others(tmp_path):
     assert "failed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_part_past_the_budget_is_stopped_and_the_rest_skipped(tmp_path):
     proc, result = gpu_check(tmp_path, "--parts", "small,loss", "--budget", "12")
     assert proc.returncode == 1
     small, loss = result["parts"]["small"], result["parts"]["loss"]
     assert small["status"] == "timeout" and 12 <= small["seconds"] < 30
     assert loss["status"] == "skipped"
+
+
+def test_a_failed_measurement_is_recorded_and_the_part_goes_on(tmp_path):
+    figures = Figures(tmp_path / "part.json")
+    with figures.measuring("plain"):
+        raise RuntimeError("CUDA out of memory")
+    with figures.measuring("chunked"):
+        figures.add(chunked={"peak_gib": 0.5})
+    assert figures.failed == ["plain"]
+    assert json.loads((tmp_path / "part.json").read_text()) == {
+        "plain": {"error": "RuntimeError('CUDA out of memory')"}, "chunked": {"peak_gib": 0.5}}
