@@ -37,6 +37,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -560,7 +561,7 @@ def check(args: argparse.Namespace) -> int:
             print(f"gpu-check: {name} {result['status']} in {result['seconds']:.0f} s", flush=True)
         out["parts"][name] = {"budget_s": budget, **result}
     out["elapsed_s"] = time.monotonic() - start
-    stem = f"gpu-{device.replace(' ', '_')}-{date.today()}{'-smoke' if args.smoke else ''}"
+    stem = f"gpu-{re.sub(r'[^A-Za-z0-9.-]+', '_', device)}-{date.today()}{'-smoke' if args.smoke else ''}"
     path = args.json or ROOT / "bench/results" / f"{stem}.json"
     save_results(path, out)
     print_table(out)
