@@ -9,16 +9,16 @@ Each part runs in its own process with its own time budget (seconds, H100/H200 s
 that fails, runs out of memory or runs out of time is recorded as such and the others still run:
 
   tests      150  python -m pytest -m gpu tests/gpu (under --smoke only collected: they are not toy-sized)
-  small      170  GPT-2 124M tokens/s and MFU. megagpt's engine as train.py builds it (build_engine
+  small      190  GPT-2 124M tokens/s and MFU. megagpt's engine as train.py builds it (build_engine
                   from configs/gpt2-small.yaml): at zero_stage=1, compiled as parallel.compile=auto
                   does on a GPU, and as the config leaves it on one GPU (zero_stage auto: ZeRO-3,
                   eager); against a nanoGPT-style reference of the same shape on the same batches
                   (bf16 autocast, fused AdamW, compiled when megagpt is). And whether SDPA's flash
                   kernel accepts megagpt's attention.
-  precision  110  bf16 against fp32: 200 steps of GPT-2 124M from the same seed on the same batches
+  precision  100  bf16 against fp32: 200 steps of GPT-2 124M from the same seed on the same batches
                   (a fixed random token chain the model learns: the loss falls from ln 50257 toward
                   ln 4); the max and final relative difference of the two loss curves. Both eager.
-  xl         110  GPT-2 1.5B with ZeRO-3 and activation checkpointing (configs/gpt2-xl.yaml, one
+  xl         100  GPT-2 1.5B with ZeRO-3 and activation checkpointing (configs/gpt2-xl.yaml, one
                   GPU): peak allocated memory against megagpt.plan's estimate of the same Layout;
                   tokens/s and MFU.
   loss        40  The LM head + loss forward and backward at GPT-2 124M's width and vocabulary, 16 x
@@ -69,7 +69,8 @@ from megagpt.parallel.layout import plan_layout  # noqa: E402
 from megagpt.parallel.topology import Topology  # noqa: E402
 from megagpt.plan import GiB, estimate_memory, logits_activation_bytes  # noqa: E402
 
-BUDGETS = {"tests": 150, "small": 170, "precision": 110, "xl": 110, "loss": 40}
+# Seconds, sized for an H100/H200 with cold caches: small compiles two models (about a minute each).
+BUDGETS = {"tests": 150, "small": 190, "precision": 100, "xl": 100, "loss": 40}
 CHAIN_STATES, CHAIN_SUCCESSORS = 2048, 4
 LOGS = ROOT / "runs/gpu-check"
 
