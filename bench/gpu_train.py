@@ -123,16 +123,16 @@ def free_memory() -> None:
 
 
 def engine_run(cfg: RunConfig, batches: list[torch.Tensor], warmup: int,
-               build: Callable[[RunConfig], object] = engine_of) -> tuple[dict, list[float]]:
-    """Train a fresh engine of `cfg` on `batches`: ({zero_stage, bf16, compiled, seconds: the median
-    step after `warmup` steps}, the losses); the engine is destroyed after."""
+               build: Callable[[RunConfig], object] = engine_of) -> tuple[dict, float, list[float]]:
+    """Train a fresh engine of `cfg` on `batches`: ({zero_stage, bf16, compiled}, the median step
+    seconds after `warmup` steps, the losses); the engine is destroyed after."""
     free_memory()  # of the engines and models measured before
     engine = build(cfg)
     seconds, losses = timed_steps(lambda batch: engine_step(engine, batch), batches, warmup)
     info = {"zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
-            "compiled": engine.is_compiled, "seconds": seconds}
+            "compiled": engine.is_compiled}
     engine.destroy()
-    return info, torch.stack(losses).float().cpu().tolist()
+    return info, seconds, torch.stack(losses).float().cpu().tolist()
 
 
 def chain_batches(vocab: int, micro: int, seq: int, count: int, seed: int) -> list[torch.Tensor]:
@@ -272,9 +272,9 @@ def small_part(args: argparse.Namespace, out: Figures) -> None:
 
     compiled = not on_cpu()  # what parallel.compile=auto does at zero_stage 1, until the engine says
     with out.measuring("megagpt"):
-        info, _ = engine_run(cfg, batches, args.warmup)
+        info, seconds, _ = engine_run(cfg, batches, args.warmup)
         compiled = info["compiled"]
-        out.add(megagpt={**info, **throughput(model, micro, info["seconds"])})
+        out.add(megagpt={**info, **throughput(model, micro, seconds)})
     with out.measuring("reference"):
         seconds = reference_step_seconds(model, batches, args.warmup, compiled)
         out.add(reference={"compiled": compiled, **throughput(model, micro, seconds)})
@@ -284,8 +284,8 @@ def small_part(args: argparse.Namespace, out: Figures) -> None:
         out.add(flash_attention=None if on_cpu() else flash_attention_runs(model, batches[0]))
     # As the config file leaves it: zero_stage auto, which is ZeRO-3 (so eager) on one process.
     with out.measuring("megagpt_as_configured"):
-        info, _ = engine_run(run_config(args, "gpt2-small", base), batches, args.warmup)
-        out.add(megagpt_as_configured={**info, **throughput(model, micro, info["seconds"])})
+        info, seconds, _ = engine_run(run_config(args, "gpt2-small", base), batches, args.warmup)
+        out.add(megagpt_as_configured={**info, **throughput(model, micro, seconds)})
 
 
 def fp32_engine(cfg: RunConfig):
@@ -315,8 +315,8 @@ def precision_part(args: argparse.Namespace, out: Figures) -> None:
             fp32_matmul_precision=torch.get_float32_matmul_precision())
     curves = {}
     for name, build in ((first, engine_of), ("fp32", fp32_engine)):
-        info, curves[name] = engine_run(cfg, batches, steps // 10, build)
-        out.add(**{f"{name} engine": info, f"{name} losses": curves[name]})
+        info, seconds, curves[name] = engine_run(cfg, batches, steps // 10, build)
+        out.add(**{f"{name} engine": {**info, "step_ms": seconds * 1e3}, f"{name} losses": curves[name]})
     a, b = torch.tensor(curves[first]), torch.tensor(curves["fp32"])
     relative = (a - b).abs() / b.abs()
     out.add(max_relative_difference=relative.max().item(), max_at_step=int(relative.argmax()) + 1,
@@ -336,8 +336,8 @@ def xl_part(args: argparse.Namespace, out: Figures) -> None:
     accel = get_accelerator()
     accel.reset_peak_memory_stats()
     batches = chain_batches(cfg.model.vocab_size, micro, seq, args.xl_warmup + args.xl_steps, seed=2)
-    info, _ = engine_run(cfg, batches, args.xl_warmup)
-    out.add(**throughput(cfg.model, micro, info["seconds"]))
+    info, seconds, _ = engine_run(cfg, batches, args.xl_warmup)
+    out.add(engine=info, **throughput(cfg.model, micro, seconds))
     if on_cpu():
         out.add(note="peak memory: GPU only (a CPU process's RSS is no allocator peak)")
     else:
