@@ -486,13 +486,15 @@ def describe(name: str, result: dict) -> str:
         return result.get("summary", "")
     text = []
     if name == "small":
-        for key, label in (("megagpt", "megagpt zero1"), ("reference", "reference"),
+        for key, label in (("megagpt", "megagpt"), ("reference", "reference"),
                            ("megagpt_as_configured", "megagpt as configured")):
             r = f.get(key, {})
             if "error" in r:
                 text.append(f"{label}: failed")
             elif r:
-                text.append(f"{label}{' compiled' if r['compiled'] else ''}: "
+                how = [f"zero{r['zero_stage']}"] if "zero_stage" in r else []
+                how.append("compiled" if r["compiled"] else "eager")
+                text.append(f"{label} ({', '.join(how)}): "
                             f"{r['tokens_per_s']:,.0f} tok/s MFU {pct(r['mfu'])}")
         if "megagpt_vs_reference" in f:
             text.append(f"megagpt/reference {f['megagpt_vs_reference']:.2f}x")
