@@ -50,13 +50,13 @@ from datetime import date
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import deepspeed  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from bench.report import save_results  # noqa: E402
@@ -542,7 +542,8 @@ def print_table(out: dict) -> None:
     for name, r in out["parts"].items():
         seconds = f"{r['seconds']:.0f} s" if "seconds" in r else "-"
         print(f"{name:<10}{r['status']:<10}{seconds:>7}{r['budget_s']:>6.0f} s  {describe(name, r)}")
-    print(f"total {out['elapsed_s']:.0f} s of {out['budget_s']:.0f} s")
+    print(f"total {out['elapsed_s']:.0f} s of {out['budget_s']:.0f} s; each part's output in "
+          f"{LOGS.relative_to(ROOT)}/<part>.log")
 
 
 def check(args: argparse.Namespace) -> int:
