@@ -61,8 +61,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from bench.report import save_results  # noqa: E402
 from megagpt.config import ModelConfig, RunConfig, load_config  # noqa: E402
-from megagpt.deepspeed_config import build_ds_config  # noqa: E402
-from megagpt.engine import build_engine, build_model, init_distributed, initialize, on_cpu, warmup_cosine  # noqa: E402
+from megagpt.engine import build_engine, init_distributed, on_cpu  # noqa: E402
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token  # noqa: E402
 from megagpt.model import Layers, LMHead  # noqa: E402
 from megagpt.parallel.layout import plan_layout  # noqa: E402
@@ -122,12 +121,11 @@ def free_memory() -> None:
     get_accelerator().empty_cache()
 
 
-def engine_run(cfg: RunConfig, batches: list[torch.Tensor], warmup: int,
-               build: Callable[[RunConfig], object] = engine_of) -> tuple[dict, float, list[float]]:
+def engine_run(cfg: RunConfig, batches: list[torch.Tensor], warmup: int) -> tuple[dict, float, list[float]]:
     """Train a fresh engine of `cfg` on `batches`: ({zero_stage, bf16, compiled}, the median step
     seconds after `warmup` steps, the losses); the engine is destroyed after."""
     free_memory()  # of the engines and models measured before
-    engine = build(cfg)
+    engine = engine_of(cfg)
     seconds, losses = timed_steps(lambda batch: engine_step(engine, batch), batches, warmup)
     info = {"zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
             "compiled": engine.is_compiled}
@@ -288,34 +286,23 @@ def small_part(args: argparse.Namespace, out: Figures) -> None:
         out.add(megagpt_as_configured={**info, **throughput(model, micro, seconds)})
 
 
-def fp32_engine(cfg: RunConfig):
-    """cfg's engine built as build_engine builds it, but in fp32 on a GPU too. build_ds_config turns
-    bf16 on wherever there is a GPU and has no switch for fp32, so this takes the same pieces
-    (build_ds_config, build_model, initialize) and changes that one value; not compiled."""
-    topo = Topology(plan_layout(cfg, dist.get_world_size()))
-    ds_config, _ = build_ds_config(cfg.parallel.ds_config, cfg, topo.layout.dp, topo.layout.zero_stage,
-                                   on_gpu=not on_cpu())
-    ds_config["bf16"]["enabled"] = False
-    return initialize(build_model(cfg, topo, ds_config), ds_config, cfg.train.weight_decay,
-                      warmup_cosine(cfg.train), mpu=topo.mpu)
-
-
 def precision_part(args: argparse.Namespace, out: Figures) -> None:
     steps, micro = args.precision_steps, args.precision_micro_batch
-    cfg = run_config(args, "gpt2-small", [
-        f"train.micro_batch_size={micro}", "train.grad_accum=1", "model.dropout=0.0",
-        "parallel.zero_stage=1", "parallel.compile=false",  # eager both: only the precision differs
-        f"train.max_steps={steps}", f"train.warmup_steps={steps // 10}"])
-    batches = chain_batches(cfg.model.vocab_size, micro, cfg.model.block_size, steps, seed=1)
-    # build_engine trains in bf16 on a GPU; on a CPU in fp32, and then this checks that the fp32
-    # engine's pieces make the engine build_engine makes (the curves must be equal).
-    first = "fp32 (build_engine)" if on_cpu() else "bf16"
+    common = [f"train.micro_batch_size={micro}", "train.grad_accum=1", "model.dropout=0.0",
+              "parallel.zero_stage=1", "parallel.compile=false",  # eager both: only the precision differs
+              f"train.max_steps={steps}", f"train.warmup_steps={steps // 10}"]
+    # train.precision=auto trains in bf16 on a GPU; on a CPU in fp32, where both curves must be equal.
+    first = "fp32 (auto)" if on_cpu() else "bf16"
+    configs = {first: run_config(args, "gpt2-small", [*common, "train.precision=auto"]),
+               "fp32": run_config(args, "gpt2-small", [*common, "train.precision=fp32"])}
+    model = configs["fp32"].model
+    batches = chain_batches(model.vocab_size, micro, model.block_size, steps, seed=1)
     out.add(config=config_name(args, "gpt2-small"), runs=[first, "fp32"], steps=steps, micro_batch=micro,
-            seq=cfg.model.block_size, lr=cfg.train.lr,
+            seq=model.block_size, lr=configs["fp32"].train.lr,
             fp32_matmul_precision=torch.get_float32_matmul_precision())
     curves = {}
-    for name, build in ((first, engine_of), ("fp32", fp32_engine)):
-        info, seconds, curves[name] = engine_run(cfg, batches, steps // 10, build)
+    for name, cfg in configs.items():
+        info, seconds, curves[name] = engine_run(cfg, batches, steps // 10)
         out.add(**{f"{name} engine": {**info, "step_ms": seconds * 1e3}, f"{name} losses": curves[name]})
     a, b = torch.tensor(curves[first]), torch.tensor(curves["fp32"])
     relative = (a - b).abs() / b.abs()

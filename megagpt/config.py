@@ -181,6 +181,9 @@ class TrainConfig:
     # A step whose loss or gradient norm is not finite: "stop" ends the run before anything is saved;
     # "skip" leaves the weights as they were (DeepSpeed does not apply the update) and counts it.
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # auto: bf16 mixed precision on a GPU (bf16 weights and activations, fp32 master weights and
+    # Adam), fp32 on a CPU; fp32 on a GPU too for a reference curve or to rule precision out.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
 @dataclass

@@ -32,15 +32,23 @@ def training_values(run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool)
         "optimizer.params.lr": (t.lr, "train.lr"),
         "optimizer.params.weight_decay": (t.weight_decay, "train.weight_decay"),
         "zero_optimization.stage": (zero_stage, f"parallel.zero_stage={run.parallel.zero_stage}"),
-        **device_values(on_gpu),
+        **device_values(on_gpu, uses_bf16(run.train.precision, on_gpu), f"train.precision={t.precision}"),
     }
 
 
-def device_values(on_gpu: bool) -> Wanted:
+def uses_bf16(precision: str, on_gpu: bool) -> bool:
+    """Whether a run of train.precision=`precision` trains in bf16 mixed precision here."""
+    if precision == "bf16" and not on_gpu:
+        raise ConfigError("train.precision=bf16 on a CPU: megagpt trains in bf16 on GPUs only; use "
+                          "train.precision=auto (fp32 here) or fp32")
+    return precision == "bf16" or precision == "auto" and on_gpu
+
+
+def device_values(on_gpu: bool, bf16: bool, precision_source: str) -> Wanted:
     return {
         # On a CPU torch's AdamW avoids a 78 s JIT build of DeepSpeed's fused op for no gain.
         "optimizer.params.torch_adam": (not on_gpu, "accelerator is CPU" if not on_gpu else "GPU"),
-        "bf16.enabled": (on_gpu, "accelerator has bf16" if on_gpu else "CPU: fp32"),
+        "bf16.enabled": (bf16, f"{precision_source}, {'GPU' if on_gpu else 'CPU'}"),
     }
 
 

@@ -85,3 +85,17 @@ def test_ds_config_fixed_value_that_disagrees_is_refused(tmp_path):
     cfg = load_config(None, ["train.micro_batch_size=4", f"parallel.ds_config={path}"])
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=16.*train.micro_batch_size"):
         build_ds_config(path, cfg, dp_size=1, zero_stage=3, on_gpu=False)
+
+
+@pytest.mark.parametrize("precision, on_gpu, bf16", [("auto", True, True), ("auto", False, False),
+                                                     ("fp32", True, False), ("bf16", True, True)])
+def test_precision_fills_bf16(precision, on_gpu, bf16):
+    cfg = load_config(None, [f"train.precision={precision}"])
+    ds, _ = build_ds_config(ROOT / "ds_config.json", cfg, dp_size=1, zero_stage=1, on_gpu=on_gpu)
+    assert ds["bf16"]["enabled"] is bf16
+
+
+def test_bf16_on_a_cpu_is_refused():
+    cfg = load_config(None, ["train.precision=bf16"])
+    with pytest.raises(ConfigError, match="train.precision=bf16 on a CPU.*train.precision=auto"):
+        build_ds_config(ROOT / "ds_config.json", cfg, dp_size=1, zero_stage=1, on_gpu=False)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from megagpt.config import ConfigError, RunConfig
+from megagpt.deepspeed_config import uses_bf16
 from megagpt.sizing import BF16_ADAM, FP32_ADAM, model_state_bytes, stage_parameters
 
 
@@ -53,7 +54,7 @@ class Layout:
         t = run.train
         total = stage_parameters(run.model)
         per_rank = stage_parameters(run.model, self.pp, self.tp)
-        precision = BF16_ADAM if on_gpu else FP32_ADAM
+        precision = BF16_ADAM if uses_bf16(t.precision, on_gpu) else FP32_ADAM
         memory = sum(model_state_bytes(per_rank, self.dp, self.zero_stage, precision))
         return (
             f"world {self.world} | dp {self.dp} | pp {self.pp} | tp {self.tp} | zero {self.zero_stage} | "

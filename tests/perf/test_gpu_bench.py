@@ -40,7 +40,7 @@ def test_smoke_runs_every_part(tmp_path):
 
     precision = parts["precision"]["figures"]
     # No bf16 on the CPU: build_engine's fp32 run and the fp32 engine's pieces train alike.
-    assert precision["runs"] == ["fp32 (build_engine)", "fp32"]
+    assert precision["runs"] == ["fp32 (auto)", "fp32"]
     assert len(precision["fp32 losses"]) == precision["steps"]
     assert precision["max_relative_difference"] < 1e-5
 
