@@ -83,7 +83,6 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from megagpt.config import ModelConfig
 from megagpt.model import GPT
 from megagpt.parallel.layout import Layout
-from megagpt.parallel.pipeline import PipelineGPT
 from megagpt.parallel.topology import Topology
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
 
@@ -461,10 +460,8 @@ def _check_weights_fit(model: GPT, got: dict[str, tuple[int, ...]], folder: Path
 
 
 def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
-    """This rank's parameters with their one-process names."""
-    module = engine.module
-    for name, param in module.named_parameters():
-        yield (module.serial_name(name) if isinstance(module, PipelineGPT) else name), param
+    """This rank's parameters with their one-process names (a pipeline stage's StageGPT names them so)."""
+    yield from engine.module.named_parameters()
 
 
 @dataclasses.dataclass

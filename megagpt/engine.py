@@ -24,7 +24,7 @@ from megagpt.config import RunConfig, TrainConfig
 from megagpt.deepspeed_config import build_ds_config
 from megagpt.model import GPT, Layers
 from megagpt.parallel.launcher import bind_device, fill_rank_env
-from megagpt.parallel.pipeline import pipeline_gpt
+from megagpt.parallel.stage_pipeline import PipelineStage, build_stage
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology
 
@@ -92,9 +92,11 @@ def initialize(model: torch.nn.Module, ds_config: dict[str, Any], weight_decay: 
     return engine
 
 
-def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEngine, list[str]]:
-    """The model of `cfg` on this rank's share of the layout, inside a DeepSpeed engine; and one
-    line per ds_config.json value filled from `cfg`."""
+def build_engine(cfg: RunConfig, topo: Topology
+                 ) -> tuple[deepspeed.DeepSpeedEngine | PipelineStage, list[str]]:
+    """The model of `cfg` on this rank's share of the layout, inside a DeepSpeed engine (with pp > 1
+    a PipelineStage: the stage's engine under megagpt's pipeline schedule); and one line per
+    ds_config.json value filled from `cfg`."""
     layout = topo.layout
     ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage,
                                         on_gpu=not on_cpu())
@@ -102,9 +104,10 @@ def build_engine(cfg: RunConfig, topo: Topology) -> tuple[deepspeed.DeepSpeedEng
     compile_model = cfg.parallel.compile
     if compile_model == "auto":  # where it can help: see plan_layout's refusal for where it cannot
         compile_model = not on_cpu() and layout.pp == 1 and layout.zero_stage < 3
-    engine = initialize(model, ds_config, cfg.train.weight_decay, warmup_cosine(cfg.train),
-                        mpu=None if layout.pp > 1 else topo.mpu,  # a PipelineModule brings its own grid
+    engine = initialize(model, ds_config, cfg.train.weight_decay, warmup_cosine(cfg.train), mpu=topo.mpu,
                         compile_model=compile_model)
+    if layout.pp > 1:  # megagpt's pipeline schedule drives the stage's engine
+        engine = PipelineStage(engine, topo)
     return engine, filled
 
 
@@ -114,8 +117,7 @@ def build_model(cfg: RunConfig, topo: Topology, ds_config: dict[str, Any]) -> to
     layers = tensor_parallel_layers(topo.tp_group) if layout.tp > 1 else Layers()
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every layout
     if layout.pp > 1:
-        return pipeline_gpt(cfg.model, layers, topo.ds_topology, topo.tp_group if layout.tp > 1 else None,
-                            layout.activation_checkpoint)
+        return build_stage(cfg.model, layers, topo, ds_config)
     # With ZeRO-3 each parameter is partitioned as soon as its layer is built: never whole on a
     # rank. Partitioned over dp only: over the world it would overwrite other tp ranks' slices.
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=layout.zero_stage == 3,

@@ -6,8 +6,8 @@ residual projections by 1/sqrt(2 * n_layer). Both use learned positions, GELU, a
 tied to the token embedding. Names follow Hugging Face's GPT2LMHeadModel so weights map one to one.
 
 Parallelism enters only through `Layers`, the classes the model builds its projections, token
-embedding and loss from: megagpt.parallel.tensor supplies tensor-parallel ones, and the pipeline
-adapter (megagpt.parallel.pipeline) reuses Block as it is.
+embedding and loss from: megagpt.parallel.tensor supplies tensor-parallel ones, and a pipeline
+stage (megagpt.parallel.stage_pipeline) reuses Block as it is.
 
 GPT-3 (Brown et al. 2020) keeps GPT-2's model but alternates dense and locally banded attention
 layers: a banded layer is LocalCausalSelfAttention, picked per layer by `model.attention`.

@@ -95,20 +95,13 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             f"transformer block; use pp <= {m.n_layer}"
         )
     stage = p.zero_stage
-    if stage == "auto":
-        # ZeRO-3 where DeepSpeed allows it; its PipelineEngine takes only ZeRO-0/1.
-        stage = 3 if pp == 1 else 1
-    if pp > 1 and stage >= 2:
-        raise ConfigError(
-            f"parallel.zero_stage={stage} with parallel.pp={pp}: DeepSpeed's PipelineEngine refuses "
-            "ZeRO-2 and ZeRO-3 (they communicate per micro-batch, the pipeline runs many); this runs: "
-            f"parallel.zero_stage=1 (or auto) with pp={pp}, or zero_stage={stage} with pp=1"
-        )
+    if stage == "auto":  # ZeRO-3 everywhere, pipeline stages included (megagpt.parallel.stage_pipeline)
+        stage = 3
     if p.compile is True and (pp > 1 or stage == 3):
         raise ConfigError(
             f"parallel.compile=true with parallel.pp={pp} and zero stage {stage}: megagpt compiles the "
-            "whole model through DeepSpeed's engine.compile, which the PipelineEngine does not offer, "
-            "and under ZeRO-3 torch.compile traces DeepSpeed's per-module parameter hooks and "
+            "whole model through DeepSpeed's engine.compile, not tried with megagpt's pipeline "
+            "schedule, and under ZeRO-3 torch.compile traces DeepSpeed's per-module parameter hooks and "
             "recompiles at every module until it gives up (measured with DeepSpeed 0.19.8); this "
             "runs: parallel.compile=true with pp=1 and parallel.zero_stage 0-2, or compile=auto"
         )

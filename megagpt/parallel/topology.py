@@ -2,7 +2,9 @@
 
 Ranks are laid out as DeepSpeed's PipeModelDataParallelTopology does (axes pipe, data, model with
 model innermost), so the tp ranks of a group are adjacent: on a GPU node they share the fast links.
-The same grid object is the `mpu` DeepSpeed takes, for ZeRO-3 (pp == 1) and for the pipeline engine.
+The same grid object is the `mpu` DeepSpeed takes: its data-parallel group is the one ZeRO shards
+over (a pipeline stage's own dp group when pp > 1), its model-parallel group (pipe x tp) the one the
+gradient norm and overflow checks sum over.
 """
 
 from __future__ import annotations

@@ -13,9 +13,12 @@ from tests.faults.conftest import logged_steps, rank_pid, start_training, wait_u
 pytestmark = pytest.mark.slow
 
 
-def test_a_stopped_rank_ends_the_run_by_collective_timeout(corpus, tmp_path, reap):
+# Two data-parallel ranks meet in collectives; two pipeline stages also wait on each other's
+# activations and gradients (point-to-point receives), which must time out alike.
+@pytest.mark.parametrize("layout", [(), ("parallel.pp=2", "train.grad_accum=2")], ids=["dp2", "pp2"])
+def test_a_stopped_rank_ends_the_run_by_collective_timeout(corpus, tmp_path, reap, layout):
     run = tmp_path / "run"
-    launcher = start_training(run, corpus, "train.max_steps=100000", "fault.collective_timeout_s=5")
+    launcher = start_training(run, corpus, "train.max_steps=100000", "fault.collective_timeout_s=5", *layout)
     reap(launcher)
     wait_until(lambda: len(logged_steps(run)) >= 3 or launcher.poll() is not None, 240, "step 3")
     os.kill(rank_pid(launcher, 1), signal.SIGSTOP)  # alive, sockets open, never answering

@@ -73,7 +73,7 @@ def test_zero3_shards_are_each_tp_ranks_own_slice():
 
 
 def test_consolidated_weights_load_into_one_process_gpt_and_hugging_face(layout_runs):
-    state = consolidated_state_dict(layout_runs["pp2_tp2"] / f"checkpoints/step{STEPS:08d}")
+    state = consolidated_state_dict(layout_runs["pp2_tp2_zero3"] / f"checkpoints/step{STEPS:08d}")
     model = GPT(load_config("configs/tiny.yaml", ["model.vocab_pad_multiple=384"]).model)
     model.load_state_dict(state)  # strict: every name of the one-process model, nothing else
     hf = model.to_hf()

@@ -1,8 +1,9 @@
 """A checkpoint saved under one layout resumes under another with the continuation of not changing.
 
-The step-4 checkpoints of the layout runs are resumed under other layouts (tp2 x pp2 -> one process;
-dp2 ZeRO-3 -> pp2 ZeRO-1; tp2 x dp2 ZeRO-3, each rank a ZeRO range of its tp slice -> tp2 alone);
-steps 5-8 must equal the uninterrupted run's.
+The step-4 checkpoints of the layout runs are resumed under other layouts (tp2 x pp2 ZeRO-3 -> one
+process; dp2 ZeRO-3 -> pp2 ZeRO-1; tp2 x dp2 ZeRO-3, each rank a ZeRO range of its tp slice -> tp2
+alone; pp2 x dp2 ZeRO-3, each rank a ZeRO range of its stage -> dp2 ZeRO-3 and back); steps 5-8 must
+equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from tests.train.conftest import run_training
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("saved, resumed", [("pp2_tp2", "one_process"), ("dp2_zero3", "pp2_zero1"),
-                                            ("tp2_dp2_zero3", "tp2")])
+@pytest.mark.parametrize("saved, resumed", [("pp2_tp2_zero3", "one_process"), ("dp2_zero3", "pp2_zero1"),
+                                            ("tp2_dp2_zero3", "tp2"), ("pp2_dp2_zero3", "dp2_zero3"),
+                                            ("dp2_zero3", "pp2_dp2_zero3")])
 def test_resume_under_another_layout(saved, resumed, layout_runs, tmp_path):
     source = layout_runs[saved]
     run = tmp_path / "resumed"
