@@ -1,0 +1,111 @@
+"""Model-state memory per rank of pipeline stages, ZeRO-1 against ZeRO-3 (parallel/stage_pipeline.py).
+
+    deepspeed --num_gpus 4 bench/stage_memory.py            # pp2 x dp2, ~1 min on a 2-core CPU
+
+Builds train.py's engine for pp2 x dp2 at each ZeRO stage on a small GPT (4 layers, 256 wide, so
+that most matrices are above ZeRO-3's persistence threshold of 1e5 elements and get partitioned),
+runs two optimizer steps, and counts the bytes of the storages each rank holds: weights (ZeRO-3:
+its partitions plus the small parameters it keeps whole), gradients (the most held after any
+micro-batch's backward), fp32 master weights and Adam's two moments. Results:
+bench/results/stage_memory-DATE.json and a table, with the planner's estimate (Layout.describe).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from megagpt.config import load_config  # noqa: E402
+from megagpt.engine import build_engine, init_distributed  # noqa: E402
+from megagpt.parallel.layout import plan_layout  # noqa: E402
+from megagpt.parallel.topology import Topology  # noqa: E402
+from megagpt.sizing import FP32_ADAM, model_state_bytes, stage_parameters  # noqa: E402
+
+MODEL = ["model.n_layer=4", "model.n_embd=256", "model.n_head=4", "model.block_size=64",
+         "train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2"]
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the storages behind `tensors`, each storage once (ZeRO keeps views of flat buffers)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in tensors if t is not None}
+    return sum(storages.values())
+
+
+def grad_bytes(engine) -> int:
+    """Gradients held now: .grad tensors, ZeRO-1/2's accumulation buffers and partitions, ZeRO-3's
+    flat partition buffer."""
+    opt = engine.optimizer
+    params = list(engine.module.parameters())
+    held = [p.grad for p in params] + [getattr(p, "grad_accum", None) for p in params]
+    held.append(getattr(opt, "grad_partitions_flat_buffer", None))  # ZeRO-3
+    for partitions in getattr(opt, "averaged_gradients", {}).values():  # ZeRO-1/2
+        held += list(partitions or [])
+    return tensor_bytes(held)
+
+
+def measure(zero: int) -> dict:
+    cfg = load_config("configs/tiny.yaml", [*MODEL, f"parallel.zero_stage={zero}"])
+    layout = plan_layout(cfg, dist.get_world_size())
+    topo = Topology(layout)
+    engine, _ = build_engine(cfg, topo)
+    peak = {"grads": 0}
+    step = engine.engine.step
+
+    def step_and_record(*args, **kwargs):  # after each micro-batch's backward: the most held
+        peak["grads"] = max(peak["grads"], grad_bytes(engine))
+        return step(*args, **kwargs)
+
+    engine.engine.step = step_and_record
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        batch = [(torch.randint(0, 512, (2, 64), generator=generator),) * 2 for _ in range(2)]
+        engine.train_batch(iter(batch))
+    opt = engine.optimizer
+    params = list(engine.module.parameters())
+    # ZeRO-3: a gathered-and-released parameter's data is empty, a persistent (small) one whole.
+    weights = tensor_bytes(p.data for p in params)
+    weights += tensor_bytes(getattr(p, "ds_tensor", None) for p in params)
+    masters = getattr(opt, "fp32_partitioned_groups_flat", None) or opt.single_partition_of_fp32_groups
+    adam = [t for state in opt.optimizer.state.values() for k, t in state.items() if k != "step"]
+    return {"rank": dist.get_rank(), "stage": topo.pp_rank, "dp_rank": topo.dp_rank, "zero": zero,
+            "weights": weights, "grads": peak["grads"], "fp32_master": tensor_bytes(masters),
+            "adam": tensor_bytes(adam), "planner": layout.describe(cfg, on_gpu=False),
+            "planner_bytes": sum(model_state_bytes(stage_parameters(cfg.model, layout.pp, layout.tp),
+                                                   layout.dp, zero, FP32_ADAM))}
+
+
+def main() -> None:
+    init_distributed()
+    rows = []
+    for zero in (1, 3):
+        mine = measure(zero)
+        mine["total"] = mine["weights"] + mine["grads"] + mine["fp32_master"] + mine["adam"]
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        rows += gathered
+    if dist.get_rank() == 0:
+        out = ROOT / "bench" / "results" / f"stage_memory-{date.today()}.json"
+        out.write_text(json.dumps({"layout": "pp2 x dp2", "model": MODEL, "per_rank": rows}, indent=1) + "\n")
+        print(f"{'zero':>4} {'rank':>4} {'stage':>5} {'weights':>9} {'grads':>9} {'master':>9} {'adam':>9} "
+              f"{'total KiB':>9} {'planner':>9}")
+        for r in rows:
+            print(f"{r['zero']:>4} {r['rank']:>4} {r['stage']:>5} " + " ".join(
+                f"{r[k] / 1024:>9.0f}" for k in ("weights", "grads", "fp32_master", "adam", "total",
+                                                 "planner_bytes")))
+        for zero in (1, 3):
+            print(f"planner, zero {zero}: " + next(r["planner"] for r in rows if r["zero"] == zero))
+        print(f"wrote {out}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
