@@ -42,7 +42,7 @@ from deepspeed.runtime.zero import partitioned_param_coordinator
 from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
 from torch.utils.checkpoint import checkpoint
 
-from megagpt.config import ModelConfig
+from megagpt.config import ConfigError, ModelConfig
 from megagpt.model import Block, Embedding, Layers
 from megagpt.parallel.topology import Topology
 
@@ -195,6 +195,11 @@ class PipelineStage:
     get_lr, optimizer, module, lr_scheduler, ...) is the stage's DeepSpeedEngine's."""
 
     def __init__(self, engine: deepspeed.DeepSpeedEngine, topo: Topology):
+        if engine.fp16_enabled():
+            # engine.backward multiplies by the loss scale, and a stage before the last would
+            # scale the received gradient, already scaled by the last stage's loss, again.
+            raise ConfigError("fp16 loss scaling with parallel.pp > 1 is not supported by megagpt's "
+                              "pipeline schedule: use bf16 (train.precision) or fp32, or pp=1")
         # Set before anything else: __getattr__ looks attributes up on self.engine.
         object.__setattr__(self, "engine", engine)
         self.topo = topo
@@ -207,8 +212,7 @@ class PipelineStage:
         self.last_stage_rank = rank(pipe=self.stages - 1, **coord)
         self.pipe_group = topo.mpu.get_pipe_parallel_group()
         self.tied_group = _tied_embedding_group(topo)
-        self.dtype = (torch.bfloat16 if engine.bfloat16_enabled() else
-                      torch.float16 if engine.fp16_enabled() else torch.float32)
+        self.dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
         self.sends: list[dist.Work] = []
         if layout.zero_stage == 3:
             _check_traces_within(topo.dp_group)
