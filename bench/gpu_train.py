@@ -61,10 +61,9 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from bench.report import save_results  # noqa: E402
 from megagpt.config import ModelConfig, RunConfig, load_config  # noqa: E402
-from megagpt.engine import build_engine, init_distributed, on_cpu  # noqa: E402
+from megagpt.engine import build_engine, init_distributed, on_cpu, run_layout  # noqa: E402
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token  # noqa: E402
 from megagpt.model import Layers, LMHead  # noqa: E402
-from megagpt.parallel.layout import plan_layout  # noqa: E402
 from megagpt.parallel.topology import Topology  # noqa: E402
 from megagpt.plan import GiB, estimate_memory, logits_activation_bytes  # noqa: E402
 
@@ -112,7 +111,7 @@ def run_config(args: argparse.Namespace, name: str, overrides: list[str]) -> Run
 
 def engine_of(cfg: RunConfig):
     """The engine train.py would run `cfg` in, on this world (one process here)."""
-    return build_engine(cfg, Topology(plan_layout(cfg, dist.get_world_size())))[0]
+    return build_engine(cfg, Topology(run_layout(cfg)))[0]
 
 
 def free_memory() -> None:
@@ -314,7 +313,7 @@ def xl_part(args: argparse.Namespace, out: Figures) -> None:
     micro = args.xl_micro_batch
     cfg = run_config(args, "gpt2-xl", [f"train.micro_batch_size={micro}", "train.grad_accum=1",
                                        "parallel.zero_stage=3", "parallel.activation_checkpoint=1"])
-    layout = plan_layout(cfg, dist.get_world_size())
+    layout = run_layout(cfg)
     seq = cfg.model.block_size
     plan = estimate_memory(cfg.model, layout, seq, num_micro=cfg.train.grad_accum)
     out.add(config=config_name(args, "gpt2-xl"), layout=str(layout), seq=seq, planned_gib=plan.total / GiB,

@@ -191,8 +191,9 @@ class ParallelConfig:
     """world = dp x pp x tp; dp is what is left of the world once tp and pp are taken."""
 
     tp: int = 1  # tensor parallel: attention heads, MLP columns and the vocabulary split over tp ranks
-    pp: int = 1  # pipeline stages (DeepSpeed PipelineModule)
-    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"  # auto: 3 when pp == 1, else 1 (all DeepSpeed allows)
+    pp: int = 1  # pipeline stages (megagpt.parallel.stage_pipeline: a DeepSpeed engine each, 1F1B)
+    # auto: on GPUs the stage megagpt.plan estimates fastest within their memory; 3 on a CPU.
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     activation_checkpoint: int = 0  # recompute activations in chunks of N blocks (1: every block); 0 off
     # torch.compile the model through DeepSpeed's engine.compile (pp = 1, ZeRO-0/1/2). auto: on a
     # GPU, off on a CPU (there compiled blocks measured 0.93x eager, after a 20 s compile).

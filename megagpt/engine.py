@@ -22,8 +22,10 @@ from deepspeed.accelerator import get_accelerator
 
 from megagpt.config import RunConfig, TrainConfig
 from megagpt.deepspeed_config import build_ds_config
+from megagpt.flops import accelerator_name, device_peak_flops
 from megagpt.model import GPT, Layers
 from megagpt.parallel.launcher import bind_device, fill_rank_env
+from megagpt.parallel.layout import Devices, Layout, plan_layout
 from megagpt.parallel.stage_pipeline import PipelineStage, build_stage
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology
@@ -49,6 +51,18 @@ def init_distributed(timeout_s: float = 600.0) -> None:
 
 def on_cpu() -> bool:
     return get_accelerator().device_name() == "cpu"
+
+
+def run_layout(cfg: RunConfig) -> Layout:
+    """The layout of `cfg` on this world and these devices (the planner picks zero_stage=auto's
+    stage for the GPUs' memory), or a ConfigError saying why it cannot run."""
+    devices = None
+    if not on_cpu():
+        world = dist.get_world_size()
+        devices = Devices(memory_gib=get_accelerator().total_memory() / 2**30,
+                          per_node=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+                          peak_flops=device_peak_flops(accelerator_name()))
+    return plan_layout(cfg, dist.get_world_size(), devices)
 
 
 def warmup_cosine(t: TrainConfig) -> Callable[[int], float]:

@@ -27,7 +27,7 @@ import itertools
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from megagpt.config import GPT3_RECIPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
 from megagpt.flops import device_peak_flops, training_flops_per_token
@@ -177,18 +177,34 @@ def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | Non
     """All candidate layouts (with the given tp and pp, if given) with their estimates, fastest
     fitting ones first."""
     seq = seq or model.block_size
-    budget = cluster.gpu_mem_gib * GiB * (1 - cluster.headroom)
-    plans = []
-    for layout in candidate_layouts(model, cluster.gpus, cluster.gpus_per_node, global_batch):
-        if tp not in (None, layout.tp) or pp not in (None, layout.pp):
-            continue
-        num_micro = global_batch // (layout.dp * layout.micro_batch)
-        memory = estimate_memory(model, layout, seq, num_micro)
-        step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
-        plans.append(Plan(layout, memory, step, memory.total <= budget))
+    plans = [estimate(model, layout, cluster, global_batch, seq)
+             for layout in candidate_layouts(model, cluster.gpus, cluster.gpus_per_node, global_batch)
+             if tp in (None, layout.tp) and pp in (None, layout.pp)]
+    return sorted(plans, key=_fastest_fitting)
+
+
+def estimate(model: ModelConfig, layout: Layout, cluster: Cluster, global_batch: int, seq: int) -> Plan:
+    """One layout's memory on its most loaded GPU, step time, and whether it fits."""
+    memory = estimate_memory(model, layout, seq, global_batch // (layout.dp * layout.micro_batch))
+    step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
+    return Plan(layout, memory, step, memory.total <= cluster.gpu_mem_gib * GiB * (1 - cluster.headroom))
+
+
+def _fastest_fitting(p: Plan) -> tuple:
     # Among equally fast layouts prefer less model parallelism, then the most memory left over.
-    return sorted(plans, key=lambda p: (not p.fits, round(p.step_seconds, 2), p.layout.tp * p.layout.pp,
-                                        p.memory.total))
+    return not p.fits, round(p.step_seconds, 2), p.layout.tp * p.layout.pp, p.memory.total
+
+
+def fastest_zero_stage(model: ModelConfig, layout: Layout, cluster: Cluster, global_batch: int,
+                       seq: int | None = None) -> int:
+    """The ZeRO stage (1-3) the estimates say runs `layout`'s dp x pp x tp, checkpointing and
+    micro-batch fastest within `cluster`'s GPU memory; 3, which shards the most, when none fits.
+    (Not 0: megagpt's checkpoints read ZeRO's partitions.)"""
+    seq = seq or model.block_size
+    plans = [estimate(model, replace(layout, zero_stage=stage), cluster, global_batch, seq)
+             for stage in (1, 2, 3)]
+    best = min(plans, key=_fastest_fitting)
+    return best.layout.zero_stage if best.fits else 3
 
 
 def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global_batch: int,

@@ -43,13 +43,12 @@ from megagpt import checkpoint, preemption
 from megagpt.checkpoint import CheckpointError
 from megagpt.config import ConfigError, RunConfig, load_config
 from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
-from megagpt.engine import build_engine, init_distributed, on_cpu
+from megagpt.engine import build_engine, init_distributed, on_cpu, run_layout
 from megagpt.evaluate import run_task
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
 from megagpt.generate import sample
 from megagpt.metrics import MetricsWriter
 from megagpt.parallel.launcher import publish_exit
-from megagpt.parallel.layout import plan_layout
 from megagpt.parallel.topology import Topology
 from megagpt.preflight import check_data, check_resumable, check_writable, resolve_resume
 from megagpt.tokenizer import Tokenizer
@@ -300,7 +299,7 @@ def train(cfg: RunConfig) -> int:
     """Check, build, resume and run; returns the exit code (preemption.REQUEUE_EXIT_CODE when
     stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
-    layout = plan_layout(cfg, dist.get_world_size())  # refuses an impossible layout before any compute
+    layout = run_layout(cfg)  # refuses an impossible layout before any compute
     log.info("layout: %s | %s", layout.describe(cfg, not on_cpu()), get_accelerator().device_name())
     check_writable(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)

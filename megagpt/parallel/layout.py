@@ -8,7 +8,7 @@ process groups; checkpoints record it in layout.json.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from megagpt.config import ConfigError, RunConfig
@@ -65,8 +65,9 @@ class Layout:
         )
 
 
-def plan_layout(run: RunConfig, world: int) -> Layout:
-    """The layout `run` asks for on `world` processes, or a ConfigError saying why not and what would run."""
+def plan_layout(run: RunConfig, world: int, devices: Devices | None = None) -> Layout:
+    """The layout `run` asks for on `world` processes (with zero_stage=auto, the planner's choice for
+    `devices`), or a ConfigError saying why not and what would run."""
     p, m = run.parallel, run.model
     tp, pp = p.tp, p.pp
     if world % (tp * pp):
@@ -94,9 +95,12 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             f"parallel.pp={pp} is more than model.n_layer={m.n_layer}: each pipeline stage needs a "
             f"transformer block; use pp <= {m.n_layer}"
         )
-    stage = p.zero_stage
-    if stage == "auto":  # ZeRO-3 everywhere, pipeline stages included (megagpt.parallel.stage_pipeline)
-        stage = 3
+    dp = world // (tp * pp)
+    layout = Layout(dp=dp, pp=pp, tp=tp, zero_stage=0 if p.zero_stage == "auto" else p.zero_stage,
+                    activation_checkpoint=p.activation_checkpoint, micro_batch=run.train.micro_batch_size)
+    if p.zero_stage == "auto":
+        layout = replace(layout, zero_stage=auto_zero_stage(run, layout, devices))
+    stage = layout.zero_stage
     if p.compile is True and (pp > 1 or stage == 3):
         raise ConfigError(
             f"parallel.compile=true with parallel.pp={pp} and zero stage {stage}: megagpt compiles the "
@@ -114,8 +118,30 @@ def plan_layout(run: RunConfig, world: int) -> Layout:
             "training and `python -m megagpt.evaluate --checkpoint <checkpoint.dir>` on the saved "
             "checkpoint (it consolidates any layout), or pp=1"
         )
-    return Layout(dp=world // (tp * pp), pp=pp, tp=tp, zero_stage=stage,
-                  activation_checkpoint=p.activation_checkpoint, micro_batch=run.train.micro_batch_size)
+    return layout
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What a run's accelerators are, for parallel.zero_stage=auto: their memory and how many a node
+    holds (the planner's cluster)."""
+
+    memory_gib: float
+    per_node: int
+    peak_flops: float | None
+
+
+def auto_zero_stage(run: RunConfig, layout: Layout, devices: Devices | None) -> int:
+    """parallel.zero_stage=auto: on GPUs the stage megagpt.plan estimates fastest for this layout
+    within their memory; without a memory budget to plan against (a CPU), 3, which shards the most."""
+    if devices is None:
+        return 3
+    from megagpt.plan import Cluster, fastest_zero_stage  # the planner is built on Layout
+
+    cluster = Cluster(gpus=layout.world, gpu_mem_gib=devices.memory_gib, gpus_per_node=devices.per_node,
+                      **({"peak_flops": devices.peak_flops} if devices.peak_flops else {}))
+    t = run.train
+    return fastest_zero_stage(run.model, layout, cluster, t.micro_batch_size * t.grad_accum * layout.dp)
 
 
 def divisors(n: int) -> list[int]:

@@ -5,14 +5,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from megagpt.config import ModelConfig
+from megagpt.config import ModelConfig, load_config
 from megagpt.model import GPT
-from megagpt.parallel.layout import Layout
+from megagpt.parallel.layout import Devices, Layout, plan_layout
 from megagpt.plan import (
     Cluster,
     activation_bytes,
     block_activation_bytes,
     candidate_layouts,
+    estimate,
     estimate_memory,
     main,
     plan,
@@ -130,3 +131,17 @@ def test_cli_prints_a_table_and_a_recommendation(capsys):
     assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "8"]) == 0
     assert "nothing fits" in capsys.readouterr().out
     assert main(["--model", "gpt2-xl", "--gpus", "8", "--gpu-mem", "80", "--gpu", "TPU"]) == 2
+
+
+def test_zero_stage_auto_is_the_planners_fastest_that_fits_the_devices():
+    cfg = load_config("configs/gpt2-xl.yaml")  # zero_stage: auto, micro-batch 8, no checkpointing
+    big = plan_layout(cfg, 16, Devices(memory_gib=80, per_node=8, peak_flops=989e12))
+    estimates = {s: estimate(XL, replace(big, zero_stage=s), Cluster(16, 80), 512, 1024) for s in (1, 2, 3)}
+    assert estimates[big.zero_stage].fits
+    assert all(estimates[big.zero_stage].step_seconds <= e.step_seconds + 0.005 for e in estimates.values())
+    assert big.zero_stage < 3  # 80 GB hold XL's states unsharded: ZeRO-3's per-micro-batch gathers cost
+    # 16 GB do not: only ZeRO-3 fits; nothing to shard on one GPU: ZeRO-1; no budget (a CPU): 3.
+    assert plan_layout(cfg, 16, Devices(memory_gib=16, per_node=8, peak_flops=None)).zero_stage == 3
+    one_gpu = load_config("configs/gpt2-small.yaml")
+    assert plan_layout(one_gpu, 1, Devices(memory_gib=80, per_node=1, peak_flops=None)).zero_stage == 1
+    assert plan_layout(cfg, 16).zero_stage == 3
