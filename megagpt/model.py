@@ -17,7 +17,9 @@ of compute instead of the whole prefix.
 
 Weights are initialised inside each layer's constructor rather than by a pass over the finished
 model: under `deepspeed.zero.Init` a layer's parameters are partitioned across ranks as soon as
-its constructor returns, so a later init pass would only see empty shards.
+its constructor returns, so a later init pass would only see empty shards. Each layer draws its
+weights from a seed of its own (LayerSeeds), so a pipeline stage that builds only its layers gets
+the same weights as the whole model, without building the others.
 """
 
 from __future__ import annotations
@@ -39,6 +41,31 @@ if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
 
 INIT_STD = 0.02
+
+
+@dataclass(frozen=True)
+class LayerSeeds:
+    """A seed for each layer that draws weights (token and position embeddings, each block), and
+    one to reseed with once the model is built: the generators then stand where they would after
+    the whole model, whichever part of it a rank built."""
+
+    wte: int
+    wpe: int
+    blocks: tuple[int, ...]
+    after: int
+
+    @classmethod
+    def draw(cls, n_layer: int) -> LayerSeeds:
+        """Seeds drawn from the global generator (seeded by the caller: train.seed)."""
+        s = torch.randint(0, 2**62, (n_layer + 3,), device="cpu").tolist()  # not meta, not zero.Init's device
+        return cls(wte=s[0], wpe=s[1], blocks=tuple(s[2:-1]), after=s[-1])
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """build() with the generators seeded by `seed`: the CPU's and the accelerators' alike, as
+    deepspeed.zero.Init creates parameters on the device."""
+    torch.manual_seed(seed)
+    return build()
 
 
 class Linear(nn.Linear):
@@ -186,12 +213,13 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig, layers: Layers = Layers()):
+    def __init__(self, config: ModelConfig, layers: Layers, seeds: LayerSeeds):
         super().__init__()
-        self.wte = layers.embedding(config.padded_vocab_size, config.n_embd)
-        self.wpe = Embedding(config.block_size, config.n_embd)
+        self.wte = seeded(seeds.wte, lambda: layers.embedding(config.padded_vocab_size, config.n_embd))
+        self.wpe = seeded(seeds.wpe, lambda: Embedding(config.block_size, config.n_embd))
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList([Block(config, layers, kind) for kind in config.layer_attention])
+        self.h = nn.ModuleList([seeded(seed, lambda kind=kind: Block(config, layers, kind))
+                                for seed, kind in zip(seeds.blocks, config.layer_attention)])
         # GPT-1 ends on a block's own post-LN; GPT-2 adds a final LayerNorm.
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias) if config.arch == "gpt2" else nn.Identity()
         # Activation checkpointing, a training-time choice (parallel.activation_checkpoint): keep
@@ -289,9 +317,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.layers = layers
-        self.transformer = Transformer(config, layers)
+        seeds = LayerSeeds.draw(config.n_layer)
+        self.transformer = Transformer(config, layers, seeds)
         self.lm_head = layers.lm_head(config.n_embd, config.padded_vocab_size, config.vocab_size)
         self.lm_head.weight = self.transformer.wte.weight  # tied input/output embedding
+        torch.manual_seed(seeds.after)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,

@@ -43,7 +43,7 @@ from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_fu
 from torch.utils.checkpoint import checkpoint
 
 from megagpt.config import ConfigError, ModelConfig
-from megagpt.model import Block, Embedding, Layers
+from megagpt.model import Block, Embedding, Layers, LayerSeeds, seeded
 from megagpt.parallel.topology import Topology
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -57,26 +57,6 @@ def stage_blocks(n_layer: int, stages: int, stage: int) -> range:
     return range(start, start + base + (stage < extra))
 
 
-def _one_process_rng_states(config: ModelConfig) -> list[torch.Tensor]:
-    """Generator states before wte, wpe and each block, as GPT(config) draws them: a stage builds
-    only its layers, each from the state the one-process model has there, so every layout starts
-    from the same weights."""
-    states = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        for build in [partial(Embedding, config.padded_vocab_size, config.n_embd),
-                      partial(Embedding, config.block_size, config.n_embd),
-                      *[partial(Block, config, attention=kind) for kind in config.layer_attention]]:
-            states.append(torch.get_rng_state())
-            build()
-    return states
-
-
-def _seeded(state: torch.Tensor, build):
-    with torch.random.fork_rng(devices=[]):
-        torch.set_rng_state(state)
-        return build()
-
-
 class StageGPT(nn.Module):
     """Stage `stage` of `stages` of GPT(config, layers), its parameters named as in the one-process
     model: the first stage embeds token ids, the last ends with ln_f and the LM head (tied to its
@@ -86,23 +66,24 @@ class StageGPT(nn.Module):
         super().__init__()
         self.config, self.stage, self.stages = config, stage, stages
         self.is_first, self.is_last = stage == 0, stage == stages - 1
-        rng = _one_process_rng_states(config)
+        seeds = LayerSeeds.draw(config.n_layer)  # the one-process model's: its layers' weights here
         self.transformer = nn.ModuleDict()
         if self.is_first or self.is_last:
-            self.transformer["wte"] = _seeded(rng[0], partial(layers.embedding, config.padded_vocab_size,
-                                                              config.n_embd))
+            self.transformer["wte"] = seeded(seeds.wte, partial(layers.embedding, config.padded_vocab_size,
+                                                                config.n_embd))
         if self.is_first:
-            self.transformer["wpe"] = _seeded(rng[1], partial(Embedding, config.block_size, config.n_embd))
+            self.transformer["wpe"] = seeded(seeds.wpe, partial(Embedding, config.block_size, config.n_embd))
             self.drop = nn.Dropout(config.dropout)
         blocks = stage_blocks(config.n_layer, stages, stage)
         self.transformer["h"] = nn.ModuleDict({
-            str(i): _seeded(rng[2 + i], partial(Block, config, layers, config.layer_attention[i]))
+            str(i): seeded(seeds.blocks[i], partial(Block, config, layers, config.layer_attention[i]))
             for i in blocks})
         if self.is_last:
             if config.arch == "gpt2":
                 self.transformer["ln_f"] = nn.LayerNorm(config.n_embd, bias=config.bias)
             self.lm_head = layers.lm_head(config.n_embd, config.padded_vocab_size, config.vocab_size)
             self.lm_head.weight = self.transformer["wte"].weight  # tied input/output embedding
+        torch.manual_seed(seeds.after)
         self.checkpoint_blocks = 0  # as Transformer.checkpoint_blocks
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
