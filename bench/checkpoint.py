@@ -82,7 +82,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from megagpt import checkpoint
     from megagpt.config import load_config
-    from megagpt.engine import build_engine, init_distributed
+    from megagpt.engine import build_engine, init_distributed, leave_distributed
     from megagpt.parallel.layout import plan_layout
     from megagpt.parallel.topology import Topology
 
@@ -144,7 +144,7 @@ def worker(args: argparse.Namespace) -> None:
                  for name in ("ours", "ds")}
         Path(args.result).write_text(json.dumps({"ranks": shares, "folder_bytes": sizes}))
     dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from bench.report import save_results  # noqa: E402
 from megagpt.config import ModelConfig, RunConfig, load_config  # noqa: E402
-from megagpt.engine import build_engine, init_distributed, on_cpu, run_layout  # noqa: E402
+from megagpt.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout  # noqa: E402
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token  # noqa: E402
 from megagpt.model import Layers, LMHead  # noqa: E402
 from megagpt.parallel.topology import Topology  # noqa: E402
@@ -390,7 +390,7 @@ def run_part(args: argparse.Namespace) -> None:
     figures = Figures(args.part_out)
     PARTS[args.run_part](args, figures)
     dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
     if figures.failed:
         sys.exit(f"{args.run_part}: failed: {', '.join(figures.failed)} (tracebacks above)")
 

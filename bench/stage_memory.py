@@ -23,7 +23,7 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from megagpt.config import load_config  # noqa: E402
-from megagpt.engine import build_engine, init_distributed  # noqa: E402
+from megagpt.engine import build_engine, init_distributed, leave_distributed  # noqa: E402
 from megagpt.parallel.layout import plan_layout  # noqa: E402
 from megagpt.parallel.topology import Topology  # noqa: E402
 from megagpt.sizing import FP32_ADAM, model_state_bytes, stage_parameters  # noqa: E402
@@ -104,7 +104,7 @@ def main() -> None:
             print(f"planner, zero {zero}: " + next(r["planner"] for r in rows if r["zero"] == zero))
         print(f"wrote {out}")
     dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

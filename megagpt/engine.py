@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -47,6 +48,20 @@ def init_distributed(timeout_s: float = 600.0) -> None:
         # Share the cores instead of every rank spawning one thread per core.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+
+
+def leave_distributed() -> None:
+    """Leave the process group, and on a CPU remove this rank's shared-memory buffer: DeepSpeed's
+    shm comm op creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (66 MiB, in
+    memory) for each rank and never unlinks it, so every CPU run would leave its ranks' behind. The
+    other ranks keep their mappings; unlinking only removes the name."""
+    rank = dist.get_rank()
+    # Leaving without this has crashed at exit ("terminate called without an active exception").
+    dist.destroy_process_group()
+    if on_cpu():
+        name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+                f"{os.environ.get('MASTER_PORT')}_{rank}")
+        Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def on_cpu() -> bool:

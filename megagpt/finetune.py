@@ -46,7 +46,7 @@ from megagpt.checkpoint import consolidated_state_dict, read_model_config, resol
 from megagpt.checkpoint import find_tokenizer as checkpoint_tokenizer
 from megagpt.config import ConfigError
 from megagpt.deepspeed_config import REPOSITORY_DS_CONFIG, device_values, fill_ds_config
-from megagpt.engine import init_distributed, initialize, on_cpu
+from megagpt.engine import init_distributed, initialize, leave_distributed, on_cpu
 from megagpt.evaluate import read_jsonl
 from megagpt.model import GPT
 from megagpt.tokenizer import AnyTokenizer, load_tokenizer
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     dist.barrier()
-    dist.destroy_process_group()
+    leave_distributed()
     return 0
 
 

@@ -43,7 +43,7 @@ from megagpt import checkpoint, preemption
 from megagpt.checkpoint import CheckpointError
 from megagpt.config import ConfigError, RunConfig, load_config
 from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
-from megagpt.engine import build_engine, init_distributed, on_cpu, run_layout
+from megagpt.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout
 from megagpt.evaluate import run_task
 from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
 from megagpt.generate import sample
@@ -399,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()  # every rank got past its last save: the code stands for the whole run
     if rank == 0:
         publish_exit(code)  # what the SLURM script requeues on (75), or not
-    # Leaving without this has crashed at exit ("terminate called without an active exception").
-    dist.destroy_process_group()
+    leave_distributed()
     return code
 
 
