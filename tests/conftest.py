@@ -1,13 +1,25 @@
-"""Session fixtures shared by capabilities: a tiny real corpus, and a model really trained on it."""
+"""Session fixtures shared by capabilities: a tiny real corpus, and a model really trained on it.
+
+The suite runs on DeepSpeed's CPU accelerator on any host, a GPU host included: its figures (fp32
+losses equal to 1e-6 across layouts and resumes, FLOP/s without a peak) are the CPU's, and its 2-4
+rank runs would otherwise each claim the GPU. DS_ACCELERATOR is set here, before anything imports
+deepspeed (which picks its accelerator once, at import), and the processes the tests start inherit
+it (tests/train/conftest.py child_env says so explicitly). The GPU tests (tests/gpu, marker `gpu`)
+start their processes with DS_ACCELERATOR=cuda.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+os.environ["DS_ACCELERATOR"] = "cpu"  # forced, not defaulted: a shell's DS_ACCELERATOR=cuda included
 
-from pipelines.build import build
-from tests.train.conftest import ROOT, run_training
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pipelines.build import build  # noqa: E402
+from tests.train.conftest import ROOT, run_training  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +41,18 @@ def trained_run(corpus, tmp_path_factory) -> Path:
                  "eval.interval=0", "sample.max_new_tokens=0", "eval.tasks=[lambada,wikitext2]",
                  "eval.task_limit=16")
     return run
+
+
+# Session fixtures that start train.py (2 ranks, 300 steps for trained_run): a test using one is
+# slow, out of the quick tier (-m "not slow"). Collection stops on a test that uses one unmarked.
+TRAINING_FIXTURES = {"trained_run", "novel_model", "layout_runs", "sparse_layout_runs", "short_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [f"{item.nodeid} (uses {', '.join(sorted(TRAINING_FIXTURES & set(item.fixturenames)))})"
+                for item in items
+                if TRAINING_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests train a model through a session fixture but are not marked "
+                                "slow, so they would slow the quick tier: mark them @pytest.mark.slow\n  "
+                                + "\n  ".join(unmarked))

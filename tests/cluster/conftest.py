@@ -194,7 +194,9 @@ def start_cluster(dir: Path) -> tuple[Slurm, list[Path]]:
         srun_ports=f"{low}-{low + 40}", cpus=max(2, os.cpu_count() or 2), kill_wait=KILL_WAIT,
     ))
     path = f"{Path(os.sys.executable).parent}:{os.environ['PATH']}:/usr/sbin:/sbin"
-    env = dict(os.environ, SLURM_CONF=str(conf), PATH=path)
+    # sbatch exports this environment to the jobs: their ranks run on DeepSpeed's CPU accelerator on
+    # any host, as the jobs' --gpus-per-node=0 says (tests/conftest.py).
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=path, DS_ACCELERATOR="cpu")
     for leftover in ("MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS"):  # the tests set what they mean
         env.pop(leftover, None)
     pid_files = start_daemons(dir, env)

@@ -68,6 +68,7 @@ def test_wikitext_detokenizer_undoes_the_artefacts():
     )
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_wikitext2_reports_token_and_word_perplexity(trained_run, tmp_path):
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     path = wiki_subset(tmp_path, 20)
@@ -82,6 +83,7 @@ def test_wikitext2_reports_token_and_word_perplexity(trained_run, tmp_path):
     assert r["token_ppl"] < 512 / 2
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_lambada_greedy_flags_agree_with_generation(trained_run):
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     texts = [json.loads(line)["text"] for line in LAMBADA.read_text().splitlines()[:30]]
@@ -123,6 +125,7 @@ def lambada_choice_file(path: Path, lines: range) -> Path:
     return path
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_choice_and_few_shot_prompts(trained_run, tmp_path):
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     test = lambada_choice_file(tmp_path / "test.jsonl", range(12))
@@ -151,6 +154,7 @@ def test_bad_choice_file_names_the_file_and_the_format(tmp_path):
         evaluate.run_task(torch.nn.Linear(1, 1), tok, "choice", bad)
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_command_writes_json_and_tensorboard(trained_run, tmp_path, capsys):
     out = tmp_path / "lambada.json"
     assert evaluate.main(["--checkpoint", str(trained_run), "--task", "lambada", "--limit", "8",

@@ -10,6 +10,7 @@ from megagpt.config import ConfigError, load_config
 from tests.train.conftest import read_metrics
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_trainer_logs_task_metrics_equal_to_the_command(trained_run):
     final = [m for m in read_metrics(trained_run) if "eval_lambada_acc" in m]
     assert [m["step"] for m in final] == [300]

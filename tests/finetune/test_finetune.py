@@ -4,7 +4,6 @@ a trained checkpoint on a task derived from real text, saved and loaded back."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -14,7 +13,7 @@ from megagpt import checkpoint
 from megagpt.finetune import TaskSpec, accuracy, load_examples, load_finetuned, transform, with_task_tokens
 from megagpt.tokenizer import Tokenizer
 from tests.finetune.tasks import write_jsonl
-from tests.train.conftest import ROOT, VENV_BIN, free_port
+from tests.train.conftest import ROOT, child_env, free_port
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +47,7 @@ def test_the_four_input_transformations(tokenizer):
         transform(spec, tokenizer, {"context": "x", "label": 0}, 16)
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_added_tokens_extend_the_vocabulary_and_keep_the_rest(trained_run):
     model, _, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     bigger, first = with_task_tokens(model)
@@ -66,8 +66,7 @@ def test_two_rank_zero3_fine_tuning_learns_and_saves_a_loadable_model(novel_mode
            "--checkpoint", str(novel_model), "--task", "classification", "--train", str(train),
            "--valid", str(valid), "--zero-stage", "3", "--lr", "1e-3", "--out", str(out),
            "--json", str(tmp_path / "result.json")]
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2000 train / 500 valid examples, 186 steps of 32, lambda 0.50, zero 3" in proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from megagpt import checkpoint
@@ -33,6 +34,7 @@ def test_logits_with_the_cache_equal_a_full_forward():
         torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_cached_batched_greedy_equals_uncached_one_by_one_on_a_trained_model(trained_run):
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     # Real prompts of different lengths (left padding) and 40 new tokens: past block_size=32.
@@ -44,6 +46,7 @@ def test_cached_batched_greedy_equals_uncached_one_by_one_on_a_trained_model(tra
     assert len({tuple(row) for row in cached}) > 1
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_cached_sampling_equals_uncached_for_the_same_seed(trained_run):
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     prompt = [tokenizer.encode("The company said")]
@@ -63,6 +66,7 @@ def test_each_row_stops_at_its_own_end_of_text():
         assert row == (full[: full.index(eos)] if eos in full else full)
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_command_line_prints_each_prompts_continuation(trained_run, capsys):
     assert main(["--checkpoint", str(trained_run), "--prompt", "The", "--prompt", "In a statement",
                  "--max-new", "10", "--temperature", "0"]) == 0

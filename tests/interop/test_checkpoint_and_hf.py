@@ -16,6 +16,7 @@ from megagpt.tokenizer import Tokenizer
 from tests.train.conftest import ROOT, read_metrics
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_checkpoint_is_self_describing_and_consolidates_to_the_trained_model(trained_run, corpus):
     folder = checkpoint.resolve(trained_run)
     assert folder.name == "step00000300"
@@ -42,6 +43,7 @@ def test_checkpoint_is_self_describing_and_consolidates_to_the_trained_model(tra
     assert sum(losses) / len(losses) == pytest.approx(engine_loss, abs=1e-4)
 
 
+@pytest.mark.slow  # trained_run: train.py, 2 ranks, 300 steps
 def test_export_to_hugging_face_and_back_keeps_logits_equal(trained_run, tmp_path):
     assert convert.main(["to-hf", str(trained_run), str(tmp_path / "hf")]) == 0
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()

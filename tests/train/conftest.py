@@ -19,8 +19,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env(accelerator: str = "cpu", **extra: str) -> dict[str, str]:
+    """The environment of a process a test starts: the venv's bin first on PATH (its ninja, or
+    DeepSpeed's JIT ops rebuild: shared/PITFALLS.md), unbuffered output, and DeepSpeed's accelerator
+    named (DS_ACCELERATOR). "cpu" for the suite on any host: on a GPU host a launcher's 2-4 ranks
+    would otherwise each claim the GPU. The GPU tests (tests/gpu) pass "cuda"."""
+    return dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1",
+                DS_ACCELERATOR=accelerator, **extra)
+
+
 def training_command(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
-                     launcher: str = "deepspeed") -> tuple[list[str], dict[str, str]]:
+                     launcher: str = "deepspeed", accelerator: str = "cpu"
+                     ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start megagpt/train.py with configs/tiny.yaml."""
     args = ["--config", "configs/tiny.yaml", f"data.path={corpus}", f"data.valid_path={corpus}/valid",
             f"log.dir={run_dir}", *overrides]
@@ -32,15 +42,16 @@ def training_command(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 
         "mpirun": ["mpiexec", "-n", str(nproc), sys.executable],
         "python": [sys.executable],
     }
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    return [*launchers[launcher], "megagpt/train.py", *args], env
+    return [*launchers[launcher], "megagpt/train.py", *args], child_env(accelerator)
 
 
 def run_training(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
-                 launcher: str = "deepspeed", timeout: int = 300, check: bool = True
-                 ) -> subprocess.CompletedProcess:
-    """Run megagpt/train.py with configs/tiny.yaml on the corpus, as a user would launch it."""
-    cmd, env = training_command(run_dir, corpus, *overrides, nproc=nproc, launcher=launcher)
+                 launcher: str = "deepspeed", timeout: int = 300, check: bool = True,
+                 accelerator: str = "cpu") -> subprocess.CompletedProcess:
+    """Run megagpt/train.py with configs/tiny.yaml on the corpus, as a user would launch it, on
+    DeepSpeed's `accelerator` ("cpu", or "cuda" for the GPU tests)."""
+    cmd, env = training_command(run_dir, corpus, *overrides, nproc=nproc, launcher=launcher,
+                                accelerator=accelerator)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

@@ -20,7 +20,13 @@ def test_two_rank_zero3_run_learns_and_logs_everything(corpus, tmp_path):
     proc = run_training(run, corpus, "train.max_steps=60", "log.interval=10", "eval.interval=20")
     log = proc.stdout + proc.stderr
     assert "world 2 | dp 2 | pp 1 | tp 1 | zero 3" in log
+    # On DeepSpeed's CPU accelerator on any host, a GPU host too (tests/train/conftest.py child_env):
+    # fp32, torch's AdamW, and no peak FLOP/s to give an MFU (tests/gpu checks those on a GPU).
+    layout = next(line for line in log.splitlines() if "layout: world" in line)
+    assert layout.endswith("| cpu"), layout
     assert "ds_config: filled train_micro_batch_size_per_gpu=4" in log
+    assert "optimizer.params.torch_adam=True (accelerator is CPU)" in log
+    assert "bf16.enabled=False (CPU: fp32)" in log
     assert "sample: The" in log
     assert "GFLOP/s a device" in log  # achieved FLOP/s on every log line (MFU on a known GPU)
 
