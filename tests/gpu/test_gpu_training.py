@@ -51,13 +51,14 @@ CURVE_RUN = (*SMALL_GPT, f"train.max_steps={STEPS}", "train.lr=1e-3", "train.war
              f"log.interval={LOG_EVERY}",
              "eval.interval=0", "eval.batches=8", "sample.max_new_tokens=0", "parallel.zero_stage=2",
              "parallel.compile=false")
-# bf16 keeps 8 significant bits (a relative rounding of 2^-8 = 0.4%) in activations and gradients;
-# DeepSpeed keeps fp32 master weights and Adam moments. Each 20-step mean of the bf16 loss is
-# allowed 2% of the fp32 one (5x bf16's rounding, for the drift of 200 steps of two trajectories
-# that share their data and initial weights): a run that follows the curve stays well inside it,
-# while broken mixed precision (bf16 master weights whose small updates round away, gradients
-# lost to underflow) leaves it as the learning rate decays. The loss falls by over 2 nats here,
-# so a band of about 0.1 nat is a tight one.
+# bf16 keeps 8 significant bits (a relative rounding of 2^-8 = 0.4%) in weights, activations and
+# gradients; DeepSpeed keeps fp32 master weights and Adam moments. Each 20-step mean of the bf16
+# loss may differ from the fp32 one by 2% (about 0.1 nat; the fp32 curve falls from 5.9 to 4.6).
+# Measured on the CPU with this run's model, data and schedule (the fp32 emulation reproduced
+# train.py's curve to 3 decimals): bf16 weights, activations and gradients with fp32 master
+# weights and AdamW stayed within 0.8% of fp32 at every point; bf16 without fp32 master weights
+# (updates rounded away) left the band at step 60 and ended 6.3% above. 2% passes the first with
+# room for the GPU's other kernels, and fails the second.
 CURVE_TOLERANCE = 0.02
 
 

@@ -19,13 +19,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(accelerator: str = "cpu", **extra: str) -> dict[str, str]:
+def child_env(accelerator: str = "cpu") -> dict[str, str]:
     """The environment of a process a test starts: the venv's bin first on PATH (its ninja, or
     DeepSpeed's JIT ops rebuild: shared/PITFALLS.md), unbuffered output, and DeepSpeed's accelerator
     named (DS_ACCELERATOR). "cpu" for the suite on any host: on a GPU host a launcher's 2-4 ranks
     would otherwise each claim the GPU. The GPU tests (tests/gpu) pass "cuda"."""
     return dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", PYTHONUNBUFFERED="1",
-                DS_ACCELERATOR=accelerator, **extra)
+                DS_ACCELERATOR=accelerator)
 
 
 def training_command(run_dir: Path, corpus: Path, *overrides: str, nproc: int = 2,
