@@ -76,7 +76,8 @@ def bf16_gpu_run(corpus, tmp_path_factory) -> tuple[Path, str]:
 def fp32_cpu_run(corpus, tmp_path_factory) -> tuple[Path, str]:
     """The same run on DeepSpeed's CPU accelerator: fp32 throughout, torch's AdamW (the same update)."""
     run = tmp_path_factory.mktemp("cpu") / "fp32"
-    proc = run_training(run, corpus, *CURVE_RUN, launcher="python", nproc=1, accelerator="cpu")
+    proc = run_training(run, corpus, *CURVE_RUN, launcher="python", nproc=1, accelerator="cpu",
+                        timeout=600)
     return run, proc.stdout + proc.stderr
 
 
