@@ -39,6 +39,10 @@ def curve(cfg, shards: Path, precision: str) -> list[float]:
     if precision == "bf16":
         master = master.to(torch.bfloat16)
     work = copy.deepcopy(master).to(torch.bfloat16) if precision == "mixed" else master
+    if precision == "mixed":  # DeepSpeed's fp32 master weights are made from the bf16 model
+        with torch.no_grad():
+            for w, m in zip(work.parameters(), master.parameters()):
+                m.copy_(w)
     optimizer = torch.optim.AdamW(param_groups(master, cfg.train.weight_decay), lr=cfg.train.lr,
                                   betas=(0.9, 0.95))  # ds_config.json's pre-training betas
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.train))

@@ -39,15 +39,18 @@ pytestmark = [
                               "`./launch.sh test -m gpu` or `./launch.sh gpu-check` on a GPU host"),
 ]
 
-# A small GPT-2 with GPT-2's head size (64, a flash-attention size): 4 layers x 128 wide, 2 heads,
+# A small GPT-2 with GPT-2's head size (64, a flash-attention size): 2 layers x 128 wide, 2 heads,
 # 64 positions, 16 sequences a step, no dropout (the runs differ by their arithmetic alone).
-SMALL_GPT = ("model.n_layer=4", "model.n_head=2", "model.n_embd=128", "model.block_size=64",
+SMALL_GPT = ("model.n_layer=2", "model.n_head=2", "model.n_embd=128", "model.block_size=64",
              "train.micro_batch_size=16")
 STEPS, LOG_EVERY = 200, 20
 # ZeRO-2 on one process: the model is built whole on the CPU from the seed, so the GPU run and the
 # CPU run start from the same weights (ZeRO-3 would build it on the device, from another RNG). No
-# torch.compile: it would add a minute of compilation and changes no number checked here.
-CURVE_RUN = (*SMALL_GPT, f"train.max_steps={STEPS}", "train.lr=1e-3", "train.warmup_steps=20",
+# torch.compile: it would add a minute of compilation and changes no number checked here. lr 5e-4:
+# at 1e-3 with 4 layers a loss spike came or not with the rounding (two bf16 emulations differing
+# only in their thread count ended 0.3% and 3.8% from fp32): a curve comparison needs a run that
+# is not chaotic.
+CURVE_RUN = (*SMALL_GPT, f"train.max_steps={STEPS}", "train.lr=5e-4", "train.warmup_steps=20",
              f"log.interval={LOG_EVERY}",
              "eval.interval=0", "eval.batches=8", "sample.max_new_tokens=0", "parallel.zero_stage=2",
              "parallel.compile=false")
