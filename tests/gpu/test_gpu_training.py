@@ -96,9 +96,9 @@ def run_config(run: Path) -> dict:
 def test_bf16_training_follows_the_fp32_loss_curve(bf16_gpu_run, fp32_cpu_run):
     (gpu, gpu_log), (cpu, cpu_log) = bf16_gpu_run, fp32_cpu_run
     assert logged(gpu_log, "layout: world 1").endswith("| cuda")
-    assert "bf16.enabled=True (accelerator has bf16)" in gpu_log
+    assert "bf16.enabled=True (" in gpu_log  # train.precision=auto: bf16 on a GPU
     assert logged(cpu_log, "layout: world 1").endswith("| cpu")
-    assert "bf16.enabled=False (CPU: fp32)" in cpu_log
+    assert "bf16.enabled=False (" in cpu_log
 
     bf16 = {m["step"]: m["loss"] for m in read_metrics(gpu) if "loss" in m}
     fp32 = {m["step"]: m["loss"] for m in read_metrics(cpu) if "loss" in m}
