@@ -56,13 +56,14 @@ CURVE_RUN = (*SMALL_GPT, f"train.max_steps={STEPS}", "train.lr=5e-4", "train.war
              "parallel.compile=false")
 # bf16 keeps 8 significant bits (a relative rounding of 2^-8 = 0.4%) in weights, activations and
 # gradients; DeepSpeed keeps fp32 master weights and Adam moments. Each 20-step mean of the bf16
-# loss may differ from the fp32 one by 2% (about 0.1 nat; the fp32 curve falls from 5.9 to 4.6).
-# Measured on the CPU with this run's model, data and schedule (the fp32 emulation reproduced
-# train.py's curve to 3 decimals): bf16 weights, activations and gradients with fp32 master
-# weights and AdamW stayed within 0.8% of fp32 at every point; bf16 without fp32 master weights
-# (updates rounded away) left the band at step 60 and ended 6.3% above. 2% passes the first with
-# room for the GPU's other kernels, and fails the second.
-CURVE_TOLERANCE = 0.02
+# loss may differ from the fp32 one by 0.5% (0.02-0.03 nat; the fp32 curve falls from 6.0 to 4.6),
+# and so may the final eval loss. Measured on the CPU by tests/gpu/bf16_emulation.py with this
+# run's model, data and schedule: bf16 weights, activations and gradients with fp32 master weights
+# and AdamW (what DeepSpeed does) stayed within 0.02% of fp32 at every point; bf16 without fp32
+# master weights (small updates rounded away) drifted up steadily, past 0.5% from step 140 and
+# 1.3% at step 200. 0.5% leaves 25x room for the GPU's own kernels (flash attention, cuBLAS), and
+# fails the broken run.
+CURVE_TOLERANCE = 0.005
 
 
 @pytest.fixture(scope="module")
