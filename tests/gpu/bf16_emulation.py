@@ -4,7 +4,7 @@
 
 Trains the GPU test's curve run (SMALL_GPT, CURVE_RUN's lr and schedule, the test corpus of 30
 bundled pages) three ways in one process with plain torch, and prints each 20-step mean loss:
-- fp32: what train.py computes on the CPU;
+- fp32: what train.py computes on the CPU (its curve for this run, to 4 decimals at every point);
 - mixed: what DeepSpeed's bf16 does on a GPU: a bf16 copy of the weights for the forward and
   backward, the gradients taken back into fp32 master weights (made from the bf16 model), AdamW
   in fp32;
