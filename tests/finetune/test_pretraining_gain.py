@@ -19,7 +19,7 @@ def finetune(checkpoint, train, valid, out, *extra: str) -> float:
     cmd = [sys.executable, "-m", "megagpt.finetune", "--checkpoint", str(checkpoint), "--task",
            "classification", "--train", str(train), "--valid", str(valid), "--lr", "1e-3",
            "--json", str(out), *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())["valid_acc"]
 
