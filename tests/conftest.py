@@ -11,6 +11,8 @@ start their processes with DS_ACCELERATOR=cuda.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 os.environ["DS_ACCELERATOR"] = "cpu"  # forced, not defaulted: a shell's DS_ACCELERATOR=cuda included
 
@@ -57,3 +59,21 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("these tests train a model through a session fixture but are not marked "
                                 "slow, so they would slow the quick tier: mark them @pytest.mark.slow\n  "
                                 + "\n  ".join(unmarked))
+
+
+SHM = Path("/dev/shm")
+
+
+@pytest.fixture(autouse=True)
+def remove_deepspeed_shm_buffers():
+    """DeepSpeed's shared-memory comm op leaves a 66 MiB /dev/shm/deepspeed_allreduce_buffer_* file
+    for each rank of every run and never removes it; /dev/shm is memory, and the full suite's runs
+    filled it (with other sessions' runs on the machine, 22 GiB: the OOM killer ended the suite).
+    After each test, those that appeared during it and that no process holds are removed."""
+    before = set(SHM.glob("deepspeed_allreduce_buffer_*"))
+    yield
+    if shutil.which("fuser") is None:
+        return
+    for path in set(SHM.glob("deepspeed_allreduce_buffer_*")) - before:
+        if subprocess.run(["fuser", "-s", str(path)]).returncode != 0:  # no process holds it
+            path.unlink(missing_ok=True)
