@@ -32,7 +32,7 @@ def training_values(run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool)
         "optimizer.params.lr": (t.lr, "train.lr"),
         "optimizer.params.weight_decay": (t.weight_decay, "train.weight_decay"),
         "zero_optimization.stage": (zero_stage, f"parallel.zero_stage={run.parallel.zero_stage}"),
-        **device_values(on_gpu, uses_bf16(run.train.precision, on_gpu), f"train.precision={t.precision}"),
+        **device_values(on_gpu, t.precision, f"train.precision={t.precision}"),
     }
 
 
@@ -44,11 +44,12 @@ def uses_bf16(precision: str, on_gpu: bool) -> bool:
     return precision == "bf16" or precision == "auto" and on_gpu
 
 
-def device_values(on_gpu: bool, bf16: bool, precision_source: str) -> Wanted:
+def device_values(on_gpu: bool, precision: str, precision_source: str) -> Wanted:
+    """The optimizer implementation and precision for this device, `precision` as train.precision."""
     return {
         # On a CPU torch's AdamW avoids a 78 s JIT build of DeepSpeed's fused op for no gain.
         "optimizer.params.torch_adam": (not on_gpu, "accelerator is CPU" if not on_gpu else "GPU"),
-        "bf16.enabled": (bf16, f"{precision_source}, {'GPU' if on_gpu else 'CPU'}"),
+        "bf16.enabled": (uses_bf16(precision, on_gpu), f"{precision_source}, {'GPU' if on_gpu else 'CPU'}"),
     }
 
 

@@ -71,13 +71,12 @@ def on_cpu() -> bool:
 def run_layout(cfg: RunConfig) -> Layout:
     """The layout of `cfg` on this world and these devices (the planner picks zero_stage=auto's
     stage for the GPUs' memory), or a ConfigError saying why it cannot run."""
-    devices = None
+    world, devices = dist.get_world_size(), None
     if not on_cpu():
-        world = dist.get_world_size()
         devices = Devices(memory_gib=get_accelerator().total_memory() / 2**30,
                           per_node=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
                           peak_flops=device_peak_flops(accelerator_name()))
-    return plan_layout(cfg, dist.get_world_size(), devices)
+    return plan_layout(cfg, world, devices)
 
 
 def warmup_cosine(t: TrainConfig) -> Callable[[int], float]:

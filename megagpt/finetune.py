@@ -220,7 +220,7 @@ def finetune(args: argparse.Namespace) -> dict[str, float]:
         "optimizer.params.lr": (args.lr, "--lr"),
         "optimizer.params.weight_decay": (args.weight_decay, "--weight-decay"),
         "zero_optimization.stage": (args.zero_stage, "--zero-stage"),
-        **device_values(not on_cpu(), bf16=not on_cpu(), precision_source="bf16 on a GPU"),
+        **device_values(not on_cpu(), "auto", "fine-tuning: bf16 on a GPU"),
     }, defaults={"gradient_clipping": (1.0, "fine-tuning default"),
                  "optimizer.params.betas": ([0.9, 0.999], "Adam's defaults, as GPT-1")})
     linear = lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))

@@ -234,10 +234,7 @@ class Transformer(nn.Module):
             pos, layers = cache.positions(idx.size(1)), cache.layers
         x = self.drop(self.wte(idx) + self.wpe(pos))
         if self.checkpoint_blocks and self.training and cache is None:
-            n = self.checkpoint_blocks
-            for start in range(0, len(self.h), n):  # the RNG is replayed: dropout recomputes alike
-                x = checkpoint(_run_blocks, self.h[start : start + n], x, use_reentrant=False)
-            return self.ln_f(x)
+            return self.ln_f(checkpointed_blocks(list(self.h), x, self.checkpoint_blocks))
         for block, kv in zip(self.h, layers):
             x = block(x, kv)
         if cache is not None:
@@ -245,7 +242,15 @@ class Transformer(nn.Module):
         return self.ln_f(x)
 
 
-def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+def checkpointed_blocks(blocks: list[nn.Module], x: torch.Tensor, every: int) -> torch.Tensor:
+    """`blocks` applied to x, keeping for backward only the input of each chunk of `every` blocks
+    and recomputing the chunk there (the RNG is replayed: dropout recomputes alike)."""
+    for start in range(0, len(blocks), every):
+        x = checkpoint(run_blocks, blocks[start : start + every], x, use_reentrant=False)
+    return x
+
+
+def run_blocks(blocks: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for block in blocks:
         x = block(x)
     return x

@@ -155,6 +155,8 @@ class Trainer:
     skipped: int = 0
     metrics: MetricsWriter = field(init=False)
     interval: Interval = field(init=False)
+    flops_per_token: float = field(init=False)
+    peak_flops: float | None = field(init=False)  # the device's, None on a CPU or an unknown GPU
 
     def __post_init__(self) -> None:
         run_dir, rank = Path(self.cfg.log.dir), dist.get_rank()
@@ -163,6 +165,8 @@ class Trainer:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         self.metrics = MetricsWriter(run_dir, enabled=rank == 0)
         self.interval = Interval(torch.zeros((), device=self.engine.device))
+        self.flops_per_token = training_flops_per_token(self.cfg.model)
+        self.peak_flops = device_peak_flops(accelerator_name())
 
     def run(self) -> int:
         """Steps until train.max_steps, or until a stop signal (returns the requeue exit code)."""
@@ -211,7 +215,6 @@ class Trainer:
         memory = [0.0] * world
         dist.all_gather_object(memory, peak_memory_gib())
         tokens_per_sec = iv.steps * self.tokens_per_step / iv.seconds
-        flops_per_token = training_flops_per_token(self.cfg.model)
         norm = self.engine.get_global_grad_norm()
         values = {
             # the mean over the interval's steps that were not skipped (NaN when all were)
@@ -219,12 +222,12 @@ class Trainer:
             "lr": iv.lr,
             "grad_norm": math.nan if norm is None else float(norm),
             "tokens_per_sec": tokens_per_sec,
-            "flops_per_sec_per_device": tokens_per_sec * flops_per_token / world,
+            "flops_per_sec_per_device": tokens_per_sec * self.flops_per_token / world,
             "peak_memory_gib": max(memory),
         }
         if self.cfg.train.on_nonfinite == "skip":
             values["skipped_steps"] = self.skipped
-        utilisation = mfu(tokens_per_sec, flops_per_token, world, device_peak_flops(accelerator_name()))
+        utilisation = mfu(tokens_per_sec, self.flops_per_token, world, self.peak_flops)
         if utilisation is not None:
             values["mfu"] = utilisation
         self.metrics.log(step, "train", values)

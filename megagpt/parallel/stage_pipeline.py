@@ -40,10 +40,9 @@ import torch.nn as nn
 from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.zero import partitioned_param_coordinator
 from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
-from torch.utils.checkpoint import checkpoint
 
 from megagpt.config import ConfigError, ModelConfig
-from megagpt.model import Block, Embedding, Layers, LayerSeeds, seeded
+from megagpt.model import Block, Embedding, Layers, LayerSeeds, checkpointed_blocks, run_blocks, seeded
 from megagpt.parallel.topology import Topology
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -92,23 +91,16 @@ class StageGPT(nn.Module):
         t = self.transformer
         if self.is_first:
             x = self.drop(t["wte"](x) + t["wpe"](torch.arange(x.size(1), device=x.device)))
-        blocks, n = list(t["h"].values()), self.checkpoint_blocks
-        if n and self.training:  # keep each chunk's input only, recompute the chunk in backward
-            for start in range(0, len(blocks), n):
-                x = checkpoint(_run_blocks, blocks[start:start + n], x, use_reentrant=False)
+        blocks = list(t["h"].values())
+        if self.checkpoint_blocks and self.training:
+            x = checkpointed_blocks(blocks, x, self.checkpoint_blocks)
         else:
-            x = _run_blocks(blocks, x)
+            x = run_blocks(blocks, x)
         if not self.is_last:
             return x
         if "ln_f" in t:
             x = t["ln_f"](x)
         return self.lm_head(x, targets)
-
-
-def _run_blocks(blocks: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    for block in blocks:
-        x = block(x)
-    return x
 
 
 def build_stage(config: ModelConfig, layers: Layers, topo: Topology, ds_config: dict) -> StageGPT:

@@ -66,23 +66,24 @@ CURVE_RUN = (*SMALL_GPT, f"train.max_steps={STEPS}", "train.lr=5e-4", "train.war
 CURVE_TOLERANCE = 0.005
 
 
-@pytest.fixture(scope="module")
-def bf16_gpu_run(corpus, tmp_path_factory) -> tuple[Path, str]:
-    """train.py on the GPU (DeepSpeed bf16, fused Adam): the run folder and its log."""
-    run = tmp_path_factory.mktemp("gpu") / "bf16"
-    # A first GPU run also JIT-builds DeepSpeed's fused Adam (about a minute, then cached).
-    proc = run_training(run, corpus, *CURVE_RUN, launcher="python", nproc=1, accelerator="cuda",
+def curve_run(corpus: Path, run: Path, accelerator: str) -> tuple[Path, str]:
+    """The curve run of train.py on one process of `accelerator`: the run folder and its log."""
+    proc = run_training(run, corpus, *CURVE_RUN, launcher="python", nproc=1, accelerator=accelerator,
                         timeout=600)
     return run, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def bf16_gpu_run(corpus, tmp_path_factory) -> tuple[Path, str]:
+    """train.py on the GPU (DeepSpeed bf16, fused Adam)."""
+    # A first GPU run also JIT-builds DeepSpeed's fused Adam (about a minute, then cached).
+    return curve_run(corpus, tmp_path_factory.mktemp("gpu") / "bf16", "cuda")
 
 
 @pytest.fixture(scope="module")
 def fp32_cpu_run(corpus, tmp_path_factory) -> tuple[Path, str]:
     """The same run on DeepSpeed's CPU accelerator: fp32 throughout, torch's AdamW (the same update)."""
-    run = tmp_path_factory.mktemp("cpu") / "fp32"
-    proc = run_training(run, corpus, *CURVE_RUN, launcher="python", nproc=1, accelerator="cpu",
-                        timeout=600)
-    return run, proc.stdout + proc.stderr
+    return curve_run(corpus, tmp_path_factory.mktemp("cpu") / "fp32", "cpu")
 
 
 def logged(log: str, text: str) -> str:
