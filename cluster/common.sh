@@ -5,7 +5,7 @@
 # shellcheck shell=bash
 
 # The status the trainer exits with after checkpointing on a stop signal:
-# megagpt.preemption.REQUEUE_EXIT_CODE (EX_TEMPFAIL). What it publishes decides, not srun's status.
+# megagpt.training.preemption.REQUEUE_EXIT_CODE (EX_TEMPFAIL). What it publishes decides, not srun's status.
 # shellcheck disable=SC2034  # read by the sourcing scripts
 readonly REQUEUE_EXIT_CODE=75
 

@@ -162,7 +162,7 @@ GPT3_RECIPES: dict[str, tuple[int, float]] = {
 class DataConfig:
     path: str = "data/shards"  # training shard folder (with manifest.json)
     valid_path: str = "data/shards/valid"  # held-out shard folder; "" turns evaluation off
-    # FOLDER=WEIGHT entries: train on these corpora mixed by weight instead of `path` (megagpt/data.py)
+    # FOLDER=WEIGHT entries: train on these corpora mixed by weight instead of `path`
     mixture: list[str] = field(default_factory=list)
 
 
@@ -192,7 +192,7 @@ class ParallelConfig:
 
     tp: int = 1  # tensor parallel: attention heads, MLP columns and the vocabulary split over tp ranks
     pp: int = 1  # pipeline stages (megagpt.parallel.stage_pipeline: a DeepSpeed engine each, 1F1B)
-    # auto: on GPUs the stage megagpt.plan estimates fastest within their memory; 3 on a CPU.
+    # auto: on GPUs the stage megagpt.sizing.planner estimates fastest within their memory; 3 on a CPU.
     zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
     activation_checkpoint: int = 0  # recompute activations in chunks of N blocks (1: every block); 0 off
     # torch.compile the model through DeepSpeed's engine.compile (pp = 1, ZeRO-0/1/2). auto: on a
@@ -224,14 +224,14 @@ class FaultConfig:
     collective_timeout_s: float = 600.0
 
 
-EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.evaluate's tasks
+EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.tasks.evaluate's tasks
 
 
 @dataclass
 class EvalConfig:
     interval: int = 0  # steps between evaluations; 0 evaluates only at the end
     batches: int = 8  # micro-batches per rank per evaluation
-    # megagpt.evaluate tasks run at each evaluation: "lambada", "wikitext2", or "NAME:FILE"
+    # megagpt.tasks.evaluate tasks run at each evaluation: "lambada", "wikitext2", or "NAME:FILE"
     tasks: list[str] = field(default_factory=list)
     task_limit: int = 200  # first examples (lambada, choice) or lines (wikitext2) of each task; 0: all
 
@@ -406,3 +406,10 @@ def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
         f"{key}={value!r} in {where} has the wrong type: expected {hint.__name__}, "
         f"got {type(value).__name__}"
     )
+
+def uses_bf16(precision: str, on_gpu: bool) -> bool:
+    """Whether a run of train.precision=`precision` trains in bf16 mixed precision here."""
+    if precision == "bf16" and not on_gpu:
+        raise ConfigError("train.precision=bf16 on a CPU: megagpt trains in bf16 on GPUs only; use "
+                          "train.precision=auto (fp32 here) or fp32")
+    return precision == "bf16" or precision == "auto" and on_gpu

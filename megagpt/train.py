@@ -6,10 +6,10 @@
     python megagpt/train.py --config configs/demo.yaml          # one process
 
 The loop is nanoGPT's; DeepSpeed owns the optimizer, ZeRO sharding, gradient accumulation and
-clipping (megagpt.engine builds it). The run directory (log.dir) receives the resolved config,
+clipping (megagpt.training.engine builds it). The run directory (log.dir) receives the resolved config,
 metrics.jsonl and TensorBoard events; checkpoints go to checkpoint.dir.
 
-Before any compute the run checks what it will need (megagpt.preflight). A step whose loss or
+Before any compute the run checks what it will need (megagpt.training.preflight). A step whose loss or
 gradient norm is not finite ends the run before it saves anything (exit 1), or with
 train.on_nonfinite=skip is skipped and counted. Each log line reports the interval's mean loss, the
 training rate (tokens/s, FLOP/s, MFU on a known GPU) timed over the training steps alone (not the
@@ -39,20 +39,22 @@ import torch.distributed as dist
 import yaml
 from deepspeed.accelerator import get_accelerator
 
-from megagpt import checkpoint, preemption
+from megagpt import checkpoint
 from megagpt.checkpoint import CheckpointError
 from megagpt.config import ConfigError, RunConfig, load_config
-from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
-from megagpt.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout
-from megagpt.evaluate import run_task
-from megagpt.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
-from megagpt.generate import sample
-from megagpt.metrics import MetricsWriter
+from megagpt.formats.shards import ShardError
+from megagpt.formats.tokenizer import Tokenizer
 from megagpt.parallel.launcher import publish_exit
 from megagpt.parallel.topology import Topology
-from megagpt.preflight import check_data, check_resumable, check_writable, resolve_resume
-from megagpt.tokenizer import Tokenizer
-from pipelines.shards import ShardError
+from megagpt.sizing.flops import accelerator_name, device_peak_flops, mfu, training_flops_per_token
+from megagpt.sizing.layout_rules import describe_layout
+from megagpt.tasks.evaluate import run_task
+from megagpt.tasks.generate import sample
+from megagpt.training import preemption
+from megagpt.training.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
+from megagpt.training.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout
+from megagpt.training.metrics import MetricsWriter
+from megagpt.training.preflight import check_data, check_resumable, check_writable, resolve_resume
 
 log = logging.getLogger("megagpt.train")
 DIVERGED_EXIT_CODE = 1
@@ -303,7 +305,7 @@ def train(cfg: RunConfig) -> int:
     stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
     layout = run_layout(cfg)  # refuses an impossible layout before any compute
-    log.info("layout: %s | %s", layout.describe(cfg, not on_cpu()), get_accelerator().device_name())
+    log.info("layout: %s | %s", describe_layout(layout, cfg, not on_cpu()), get_accelerator().device_name())
     check_writable(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from pipelines.sources import KEY_FILE_SHIFT, Piece, RawDocument
+from pipelines.documents import KEY_FILE_SHIFT, Piece, RawDocument
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 

@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
+from megagpt.formats.tokenizer import Tokenizer
 from pipelines.build_settings import STEPS, TOKENIZER_FILE, BuildSettings
 from pipelines.chunk_map import ChunkMapper
 from pipelines.dedup import (
@@ -51,9 +52,9 @@ from pipelines.dedup import (
     partition_rows,
     verified_edges,
 )
+from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, settle, world
-from pipelines.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
-from pipelines.sources import Chunk, Piece, list_inputs, plan_chunks
+from pipelines.sources import Chunk, list_inputs, plan_chunks
 from pipelines.workarea import WorkArea, run_units, save_array, save_json
 
 log = logging.getLogger("pipelines.build")

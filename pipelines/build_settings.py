@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.tokenizer import Tokenizer
 from pipelines.extract import EXTRACTORS
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS
 from pipelines.overlap import parse_named

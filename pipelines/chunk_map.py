@@ -18,10 +18,11 @@ from pipelines.build_settings import BuildSettings
 from pipelines.clean import clean_text
 from pipelines.decontaminate import Decontaminator
 from pipelines.dedup import band_records, digest_records, range_bounds, text_digest
+from pipelines.documents import RawDocument
 from pipelines.extract import extract_html
 from pipelines.filters import FilterConfig, reject_reason
 from pipelines.minhash import MinHasher
-from pipelines.sources import Chunk, RawDocument, read_chunk
+from pipelines.sources import Chunk, read_chunk
 from pipelines.workarea import WorkArea, save_array
 
 

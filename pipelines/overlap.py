@@ -42,12 +42,12 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from megagpt.formats.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.bloom import BLOCK_BITS, BloomFilter, shape_for
 from pipelines.cardinality import HyperLogLog
 from pipelines.mpi import LocalComm, settle, world
 from pipelines.ngrams import ngram_hashes_batch
 from pipelines.partitioned import PartitionedBloom, part_path, ranks_needed, saved_parts
-from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
@@ -80,7 +80,7 @@ def iter_texts(path: str | Path, rank: int = 0, size: int = 1) -> Iterator[str]:
 
 
 def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
-    from megagpt.tokenizer import Tokenizer
+    from megagpt.formats.tokenizer import Tokenizer
 
     manifest = read_manifest(folder)
     tok = Tokenizer.load(folder / manifest["tokenizer"]["file"])

@@ -6,12 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megagpt.attention import banded_attention, banded_mask, blocked_banded_attention, flex_banded_attention
 from megagpt.config import ConfigError, ModelConfig, load_config
-from megagpt.flops import training_flops_per_token
-from megagpt.generate import generate
-from megagpt.model import GPT, CausalSelfAttention, KVCache, LocalCausalSelfAttention
-from megagpt.plan import Cluster, plan
+from megagpt.model.attention import (
+    banded_attention,
+    banded_mask,
+    blocked_banded_attention,
+    flex_banded_attention,
+)
+from megagpt.model.gpt import GPT, CausalSelfAttention, KVCache, LocalCausalSelfAttention
+from megagpt.sizing.flops import training_flops_per_token
+from megagpt.sizing.planner import Cluster, plan
+from megagpt.tasks.generate import generate
 
 
 def sparse(window: int = 8, **overrides) -> ModelConfig:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from megagpt.config import GPT3_RECIPES, ConfigError, ModelConfig, load_config
-from megagpt.deepspeed_config import build_ds_config
-from megagpt.sizing import stage_parameters
+from megagpt.sizing.parameters import stage_parameters
+from megagpt.training.deepspeed_config import build_ds_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

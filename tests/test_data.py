@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megagpt.data import DataState, MixtureDataset, RankBatches, ShardDataset, _endless, open_dataset
-from pipelines.shards import MANIFEST_NAME, ShardError, ShardWriter, write_manifest
+from megagpt.formats.shards import MANIFEST_NAME, ShardError, ShardWriter, write_manifest
+from megagpt.training.data import DataState, MixtureDataset, RankBatches, ShardDataset, _endless, open_dataset
 
 EOS = 1
 BLOCK = 16

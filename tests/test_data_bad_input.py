@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megagpt.data import RankBatches, ShardDataset
-from megagpt.tokenizer import Tokenizer
-from pipelines.shards import MANIFEST_NAME, ShardError, ShardWriter, read_shard, write_manifest
+from megagpt.formats.shards import MANIFEST_NAME, ShardError, ShardWriter, read_shard, write_manifest
+from megagpt.formats.tokenizer import Tokenizer
+from megagpt.training.data import RankBatches, ShardDataset
 from tests.test_data import BLOCK, write_corpus
 from tests.train.conftest import ROOT
 

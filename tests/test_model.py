@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from megagpt import linear_cross_entropy
 from megagpt.config import ModelConfig
-from megagpt.model import GPT
+from megagpt.model import linear_cross_entropy
+from megagpt.model.gpt import GPT
 
 
 def tiny_hf(seed: int = 0) -> GPT2LMHeadModel:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from megagpt.tokenizer import EOS_PIECE, Tokenizer
+from megagpt.formats.tokenizer import EOS_PIECE, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

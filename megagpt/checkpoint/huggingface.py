@@ -6,7 +6,7 @@
 `to-hf` writes model.safetensors + config.json (GPT2LMHeadModel.from_pretrained loads it) and the
 tokenizer as `AutoTokenizer` loads it (GPT-2's BPE, or megagpt's sentencepiece BPE rebuilt as a
 `tokenizers` pipeline giving the same ids), so the folder is all `lm_eval --model hf` needs.
-`from-hf` writes a megagpt model folder (see megagpt/checkpoint.py) that every megagpt command
+`from-hf` writes a megagpt model folder (see megagpt.checkpoint.pretrained) that every megagpt command
 accepts. Nothing is downloaded. Both refuse an output folder that is not empty unless given --force,
 and write into a temporary sibling that replaces it only once complete.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megagpt.checkpoint import load_pretrained, replacing_folder, save_model
-from megagpt.model import GPT
-from megagpt.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
+from megagpt.formats.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
+from megagpt.model.gpt import GPT
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -112,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = from_hf(args.hf_dir, args.out, args.force)
     except (FileNotFoundError, ValueError) as e:
-        print(f"megagpt.convert: {e}", file=sys.stderr)
+        print(f"megagpt.checkpoint.huggingface: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

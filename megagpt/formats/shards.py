@@ -1,4 +1,4 @@
-"""The token shard format shared by pipelines (writer) and megagpt.data (reader).
+"""The token shard format shared by pipelines (writer) and megagpt.training.data (reader).
 
 A shard folder holds `corpus-000000.tar`, ... and `manifest.json`. Each tar is a webdataset
 shard: one sample per document with `__key__`, `tokens.npy` (the document's token ids ending in

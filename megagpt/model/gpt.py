@@ -33,9 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from megagpt.attention import banded_attention, banded_mask
 from megagpt.config import ModelConfig
-from megagpt.linear_cross_entropy import linear_cross_entropy
+from megagpt.model.attention import banded_attention, banded_mask
+from megagpt.model.linear_cross_entropy import linear_cross_entropy
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel
@@ -168,7 +168,7 @@ class CausalSelfAttention(nn.Module):
 
 class LocalCausalSelfAttention(CausalSelfAttention):
     """GPT-3's locally banded layer: each position attends to the last `model.local_window`
-    positions, itself included (megagpt.attention picks the fastest kernel for the device)."""
+    positions, itself included (megagpt.model.attention picks the fastest kernel for the device)."""
 
     def __init__(self, config: ModelConfig, layers: Layers = Layers()):
         super().__init__(config, layers)

@@ -42,7 +42,7 @@ from deepspeed.runtime.zero import partitioned_param_coordinator
 from deepspeed.utils import safe_get_full_grad, safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
 
 from megagpt.config import ConfigError, ModelConfig
-from megagpt.model import Block, Embedding, Layers, LayerSeeds, checkpointed_blocks, run_blocks, seeded
+from megagpt.model.gpt import Block, Embedding, Layers, LayerSeeds, checkpointed_blocks, run_blocks, seeded
 from megagpt.parallel.topology import Topology
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megagpt.model import INIT_STD, Layers, mask_vocab_padding
+from megagpt.model.gpt import INIT_STD, Layers, mask_vocab_padding
 
 
 class _CopyToTP(torch.autograd.Function):

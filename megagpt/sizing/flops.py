@@ -19,7 +19,7 @@ import torch
 from deepspeed.accelerator import get_accelerator
 
 from megagpt.config import ModelConfig
-from megagpt.sizing import matmul_parameters
+from megagpt.sizing.parameters import matmul_parameters
 
 # Dense (no sparsity) bf16 peak, FLOP/s. Longer names first: "H100 PCIe" must not match "H100".
 GPU_PEAK_BF16: dict[str, float] = {

@@ -1,9 +1,9 @@
 """How big a GPT is and what its training state weighs: the one place this arithmetic lives.
 
-Parameter counts follow megagpt's model (megagpt/model.py) exactly, tensor by tensor, and are
+Parameter counts follow megagpt's model (megagpt/model/gpt.py) exactly, tensor by tensor, and are
 checked against a built model's real parameters in tests/perf/test_flops.py and test_plan.py.
-FLOPs (megagpt.flops), the layout line a run logs (megagpt.parallel.layout) and the planner
-(megagpt.plan) all count from here.
+FLOPs (megagpt.sizing.flops), the layout line a run logs (megagpt.parallel.layout) and the planner
+(megagpt.sizing.planner) all count from here.
 """
 
 from __future__ import annotations

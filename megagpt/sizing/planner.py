@@ -14,7 +14,7 @@ The activation count is megagpt's own Block, tensor by tensor (what autograd sav
 LayerNorms and matmuls, q/k/v, the attention output and the GELU input and output; SDPA's
 flash/memory-efficient kernels never store the T x T scores), checked against the saved tensors
 of a real forward in tests/perf/test_plan.py. GPT-3's banded layers (model.attention) save
-compute, not activations: their FLOPs scale with the window (megagpt.flops), and FlexAttention
+compute, not activations: their FLOPs scale with the window (megagpt.sizing.flops), and FlexAttention
 keeps what flash attention keeps. Step times are a first-order model (a given
 fraction of peak FLOP/s, ring collectives at a given bandwidth, DeepSpeed overlapping
 data-parallel communication with compute); use them to rank layouts, not as promises.
@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from megagpt.config import GPT3_RECIPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
-from megagpt.flops import device_peak_flops, training_flops_per_token
 from megagpt.parallel.layout import Layout, divisors
-from megagpt.sizing import BF16_ADAM, block_parameters, model_state_bytes, stage_parameters
+from megagpt.sizing.flops import device_peak_flops, training_flops_per_token
+from megagpt.sizing.parameters import BF16_ADAM, block_parameters, model_state_bytes, stage_parameters
 
 GiB = 1 << 30
 BF16, FP32 = 2, 4
@@ -255,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = ModelConfig.preset(args.model) if args.model else load_config(args.config).model
     except ConfigError as err:
-        print(f"megagpt.plan: {err}", file=sys.stderr)
+        print(f"megagpt.sizing.planner: {err}", file=sys.stderr)
         return 2
     if args.global_batch is None:
         args.global_batch = GPT3_RECIPES.get(args.model, (512, None))[0]
     peak = device_peak_flops(args.gpu)
     if peak is None:
-        print(f"megagpt.plan: unknown --gpu {args.gpu!r}; the known ones are in megagpt/flops.py",
+        print(f"megagpt.plan: unknown --gpu {args.gpu!r}; the known ones are in megagpt/sizing/flops.py",
               file=sys.stderr)
         return 2
     cluster = Cluster(args.gpus, args.gpu_mem, args.gpus_per_node, peak, args.efficiency,
@@ -276,6 +276,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from megagpt.config import EVAL_TASKS as TASKS
-from megagpt.tokenizer import AnyTokenizer
+from megagpt.formats.tokenizer import AnyTokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
 DEFAULT_FILES = {
@@ -282,7 +282,7 @@ def run_task(model: nn.Module, tokenizer: AnyTokenizer, task: str, path: str | P
 
 def main(argv: list[str] | None = None) -> int:
     from megagpt.checkpoint import load_pretrained, resolve
-    from megagpt.metrics import MetricsWriter
+    from megagpt.training.metrics import MetricsWriter
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_task(model, tokenizer, args.task, args.file, device, args.shots, args.train_file,
                            args.limit, args.stride)
     except (FileNotFoundError, ValueError) as e:
-        print(f"megagpt.evaluate: {e}", file=sys.stderr)
+        print(f"megagpt.tasks.evaluate: {e}", file=sys.stderr)
         return 2
     record = {"task": args.task, "checkpoint": str(folder), "shots": args.shots, **results}
     print(json.dumps(record, indent=2))
@@ -315,6 +315,3 @@ def main(argv: list[str] | None = None) -> int:
         writer.close()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,17 +15,11 @@ A linear head reads the final hidden state at the extract token (dropout 0.1 bef
 objective is L2 + lambda * L1: the task's cross-entropy plus lambda (0.5) times the language-model
 loss on the same sequences. The defaults are the paper's recipe: lr 6.25e-5, batch 32, 3 epochs,
 linear warmup over 0.2% of training then linear decay to 0, weight decay 0.01. Training runs under
-DeepSpeed (ZeRO stage --zero-stage); the result is a model folder (see megagpt/checkpoint.py) plus
+DeepSpeed (ZeRO stage --zero-stage); the result is a model folder (see megagpt.checkpoint.pretrained) plus
 head.safetensors and finetune.json, which load_finetuned() reads back.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # started as a file by a launcher: import the package, not siblings
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
@@ -33,6 +27,7 @@ import logging
 import random
 import warnings
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -45,13 +40,13 @@ from tqdm import tqdm
 from megagpt.checkpoint import consolidated_state_dict, read_model_config, resolve, save_model
 from megagpt.checkpoint import find_tokenizer as checkpoint_tokenizer
 from megagpt.config import ConfigError
-from megagpt.deepspeed_config import REPOSITORY_DS_CONFIG, device_values, fill_ds_config
-from megagpt.engine import init_distributed, initialize, leave_distributed, on_cpu
-from megagpt.evaluate import read_jsonl
-from megagpt.model import GPT
-from megagpt.tokenizer import AnyTokenizer, load_tokenizer
+from megagpt.formats.tokenizer import AnyTokenizer, load_tokenizer
+from megagpt.model.gpt import GPT
+from megagpt.tasks.evaluate import read_jsonl
+from megagpt.training.deepspeed_config import REPOSITORY_DS_CONFIG, device_values, fill_ds_config
+from megagpt.training.engine import init_distributed, initialize, leave_distributed, on_cpu
 
-log = logging.getLogger("megagpt.finetune")
+log = logging.getLogger("megagpt.tasks.finetune")
 TASK_TYPES = ("classification", "entailment", "similarity", "multiple_choice")
 FIELDS = {
     "classification": ("text",),
@@ -326,6 +321,3 @@ def main(argv: list[str] | None = None) -> int:
     leave_distributed()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

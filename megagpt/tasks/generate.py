@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn as nn
 
-from megagpt.model import KVCache
+from megagpt.model.gpt import KVCache
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer, device = load_pretrained(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
-        print(f"megagpt.generate: {e}", file=sys.stderr)
+        print(f"megagpt.tasks.generate: {e}", file=sys.stderr)
         return 2
     prompts = [tokenizer.encode(text) or [tokenizer.eos_id] for text in args.prompt]
     outs = generate(model, prompts, args.max_new, args.temperature, args.top_k, args.top_p,
@@ -167,6 +167,3 @@ def main(argv: list[str] | None = None) -> int:
         print("-" * 40)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megagpt.tokenizer import Tokenizer
-from pipelines.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
+from megagpt.formats.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
+from megagpt.formats.tokenizer import Tokenizer
 
-log = logging.getLogger("megagpt.data")
+log = logging.getLogger("megagpt.training.data")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DataState:
 
 
 class ShardDataset:
-    """A shard folder (see pipelines/shards.py) seen as a deterministic stream of token windows."""
+    """A shard folder (see megagpt/formats/shards.py) seen as a deterministic stream of token windows."""
 
     def __init__(self, folder: str | Path, block_size: int, seed: int):
         self.folder = Path(folder)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from megagpt.config import ConfigError, RunConfig
+from megagpt.config import ConfigError, RunConfig, uses_bf16
 
 # dotted key -> (value, where it comes from: named in messages)
 Wanted = dict[str, tuple[Any, str]]
@@ -35,13 +35,6 @@ def training_values(run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool)
         **device_values(on_gpu, t.precision, f"train.precision={t.precision}"),
     }
 
-
-def uses_bf16(precision: str, on_gpu: bool) -> bool:
-    """Whether a run of train.precision=`precision` trains in bf16 mixed precision here."""
-    if precision == "bf16" and not on_gpu:
-        raise ConfigError("train.precision=bf16 on a CPU: megagpt trains in bf16 on GPUs only; use "
-                          "train.precision=auto (fp32 here) or fp32")
-    return precision == "bf16" or precision == "auto" and on_gpu
 
 
 def device_values(on_gpu: bool, precision: str, precision_source: str) -> Wanted:

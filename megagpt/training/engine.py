@@ -1,6 +1,6 @@
 """The distributed world and the DeepSpeed engine, built one way for every entry point.
 
-megagpt.train, megagpt.finetune and the benchmarks (bench/gpu_train.py, bench/checkpoint.py) join
+megagpt.train, megagpt.tasks.finetune and the benchmarks (bench/gpu_train.py, bench/checkpoint.py) join
 the process group with init_distributed and get their engine from here, so a benchmark measures
 what users run: the same ds_config.json filling, parameter groups, lr schedule and compilation.
 """
@@ -22,16 +22,17 @@ import torch.distributed.distributed_c10d as c10d
 from deepspeed.accelerator import get_accelerator
 
 from megagpt.config import RunConfig, TrainConfig
-from megagpt.deepspeed_config import build_ds_config
-from megagpt.flops import accelerator_name, device_peak_flops
-from megagpt.model import GPT, Layers
+from megagpt.model.gpt import GPT, Layers
 from megagpt.parallel.launcher import bind_device, fill_rank_env
-from megagpt.parallel.layout import Devices, Layout, plan_layout
+from megagpt.parallel.layout import Layout
 from megagpt.parallel.stage_pipeline import PipelineStage, build_stage
 from megagpt.parallel.tensor import tensor_parallel_layers
 from megagpt.parallel.topology import Topology
+from megagpt.sizing.flops import accelerator_name, device_peak_flops
+from megagpt.sizing.layout_rules import Devices, plan_layout
+from megagpt.training.deepspeed_config import build_ds_config
 
-log = logging.getLogger("megagpt.engine")
+log = logging.getLogger("megagpt.training.engine")
 
 
 def init_distributed(timeout_s: float = 600.0) -> None:

@@ -18,7 +18,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("megagpt.preemption")
+log = logging.getLogger("megagpt.training.preemption")
 
 # EX_TEMPFAIL ("temporary failure, try again later"): distinct from errors (1) and config errors (2).
 REQUEUE_EXIT_CODE = os.EX_TEMPFAIL

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from megagpt import checkpoint
 from megagpt.checkpoint import DamagedCheckpoint
 from megagpt.config import ConfigError, ModelConfig, RunConfig
-from megagpt.data import MixtureDataset, ShardDataset
+from megagpt.training.data import MixtureDataset, ShardDataset
 
 log = logging.getLogger("megagpt.train")
 

@@ -12,11 +12,11 @@ import pytest
 from fastwarc.stream_io import GzipWriter
 from fastwarc.warc import WarcRecord, WarcRecordType
 
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.shards import read_manifest, read_shard
+from megagpt.formats.tokenizer import Tokenizer
 from pipelines.build import build
 from pipelines.clean import clean_text
 from pipelines.extract import extract_html
-from pipelines.shards import read_manifest, read_shard
 from pipelines.sources import list_inputs, plan_chunks, read_chunk
 from tests.corpus.conftest import ROOT
 

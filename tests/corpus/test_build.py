@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.shards import read_manifest, read_shard
+from megagpt.formats.tokenizer import Tokenizer
 from pipelines.build import build, main
-from pipelines.shards import read_manifest, read_shard
 from tests.corpus.conftest import run_mpi
 
 PAGES = sorted((Path(__file__).resolve().parents[2] / "data/sample/html").glob("*.html.gz"))[:12]

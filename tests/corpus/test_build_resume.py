@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from megagpt.formats.shards import read_manifest
 from pipelines.build import build, main
-from pipelines.shards import read_manifest
 from tests.corpus.conftest import ROOT, write_jsonl
 
 PAGES = ROOT / "data/sample/html"

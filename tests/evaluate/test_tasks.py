@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from megagpt import checkpoint, convert, evaluate
-from megagpt.generate import generate
-from megagpt.tokenizer import Tokenizer
+from megagpt import checkpoint
+from megagpt.checkpoint import huggingface as convert
+from megagpt.formats.tokenizer import Tokenizer
+from megagpt.tasks import evaluate
+from megagpt.tasks.generate import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 WIKI = ROOT / "data/eval/wikitext-2-raw/wiki.test.raw"

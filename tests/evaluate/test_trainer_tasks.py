@@ -1,12 +1,13 @@
-"""The trainer runs megagpt.evaluate's tasks at evaluation time (eval.tasks) and logs them."""
+"""The trainer runs megagpt.tasks.evaluate's tasks at evaluation time (eval.tasks) and logs them."""
 
 from __future__ import annotations
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from megagpt import checkpoint, evaluate
+from megagpt import checkpoint
 from megagpt.config import ConfigError, load_config
+from megagpt.tasks import evaluate
 from tests.train.conftest import read_metrics
 
 

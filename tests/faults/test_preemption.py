@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from megagpt import checkpoint
-from megagpt.preemption import REQUEUE_EXIT_CODE
+from megagpt.training.preemption import REQUEUE_EXIT_CODE
 from tests.faults.conftest import logged_steps, rank_pid, start_training, wait_until
 from tests.train.conftest import run_training
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from megagpt import checkpoint
-from megagpt.finetune import TaskSpec, accuracy, load_examples, load_finetuned, transform, with_task_tokens
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.tokenizer import Tokenizer
+from megagpt.tasks.finetune import (
+    TaskSpec,
+    accuracy,
+    load_examples,
+    load_finetuned,
+    transform,
+    with_task_tokens,
+)
 from tests.finetune.tasks import write_jsonl
 from tests.train.conftest import ROOT, child_env, free_port
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from megagpt.config import ModelConfig
-from megagpt.generate import generate, main
-from megagpt.model import GPT
+from megagpt.model.gpt import GPT
+from megagpt.tasks.generate import generate, main
 
 
 @pytest.mark.parametrize("option, value, message", [

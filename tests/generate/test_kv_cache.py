@@ -10,8 +10,8 @@ import torch
 
 from megagpt import checkpoint
 from megagpt.config import ModelConfig
-from megagpt.generate import generate, main
-from megagpt.model import GPT, KVCache
+from megagpt.model.gpt import GPT, KVCache
+from megagpt.tasks.generate import generate, main
 
 ROOT = Path(__file__).resolve().parents[2]
 

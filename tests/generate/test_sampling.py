@@ -4,8 +4,8 @@ reproduce, end-of-text stops."""
 import torch
 
 from megagpt.config import ModelConfig
-from megagpt.generate import filter_logits, sample
-from megagpt.model import GPT
+from megagpt.model.gpt import GPT
+from megagpt.tasks.generate import filter_logits, sample
 
 
 def model() -> GPT:

@@ -26,9 +26,9 @@ import torch
 sys.path[0] = str(Path(__file__).resolve().parents[2])
 
 from megagpt.config import load_config  # noqa: E402
-from megagpt.data import RankBatches, ShardDataset  # noqa: E402
-from megagpt.engine import param_groups, warmup_cosine  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
+from megagpt.model.gpt import GPT  # noqa: E402
+from megagpt.training.data import RankBatches, ShardDataset  # noqa: E402
+from megagpt.training.engine import param_groups, warmup_cosine  # noqa: E402
 from pipelines.build import build  # noqa: E402
 from tests.gpu.test_gpu_training import CURVE_RUN, LOG_EVERY, STEPS  # noqa: E402
 from tests.train.conftest import ROOT  # noqa: E402

@@ -27,8 +27,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from megagpt.config import ModelConfig
-from megagpt.flops import device_peak_flops, training_flops_per_token
-from megagpt.model import GPT
+from megagpt.model.gpt import GPT
+from megagpt.sizing.flops import device_peak_flops, training_flops_per_token
 from tests.train.conftest import ROOT, child_env, read_metrics, run_training
 
 pytestmark = [
@@ -121,7 +121,7 @@ def test_mfu_and_peak_memory_are_logged_on_the_gpu(bf16_gpu_run):
     run, log = bf16_gpu_run
     name = torch.cuda.get_device_name()
     peak = device_peak_flops(name)
-    assert peak is not None, f"no bf16 peak for {name!r}: add it to megagpt.flops.GPU_PEAK_BF16"
+    assert peak is not None, f"no bf16 peak for {name!r}: add it to megagpt.sizing.flops.GPU_PEAK_BF16"
     flops_per_token = training_flops_per_token(ModelConfig(**run_config(run)["model"]))
     train = [m for m in read_metrics(run) if "loss" in m]
     assert len(train) == STEPS // LOG_EVERY
@@ -141,8 +141,8 @@ import json, sys
 import torch
 import torch.distributed as dist
 from megagpt.config import load_config
-from megagpt.engine import build_engine, init_distributed
-from megagpt.parallel.layout import plan_layout
+from megagpt.training.engine import build_engine, init_distributed
+from megagpt.sizing.layout_rules import plan_layout
 from megagpt.parallel.topology import Topology
 
 init_distributed()

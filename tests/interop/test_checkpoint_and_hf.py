@@ -9,10 +9,11 @@ import torch
 import yaml
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from megagpt import checkpoint, convert
+from megagpt import checkpoint
+from megagpt.checkpoint import huggingface as convert
 from megagpt.config import ModelConfig
-from megagpt.data import RankBatches, ShardDataset
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.tokenizer import Tokenizer
+from megagpt.training.data import RankBatches, ShardDataset
 from tests.train.conftest import ROOT, read_metrics
 
 

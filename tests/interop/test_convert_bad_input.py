@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from megagpt import checkpoint, convert
+from megagpt import checkpoint
+from megagpt.checkpoint import huggingface as convert
 from megagpt.config import ModelConfig
-from megagpt.model import GPT
-from megagpt.tokenizer import Tokenizer
+from megagpt.formats.tokenizer import Tokenizer
+from megagpt.model.gpt import GPT
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from megagpt import checkpoint, convert
-from megagpt.tokenizer import GPT2Tokenizer, load_tokenizer
+from megagpt import checkpoint
+from megagpt.checkpoint import huggingface as convert
+from megagpt.formats.tokenizer import GPT2Tokenizer, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 

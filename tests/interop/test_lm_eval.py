@@ -1,5 +1,5 @@
 """lm-evaluation-harness evaluates an exported model from its local folder, and agrees with
-megagpt.evaluate: the same LAMBADA examples give the same accuracy and perplexity."""
+megagpt.tasks.evaluate: the same LAMBADA examples give the same accuracy and perplexity."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from megagpt import checkpoint, convert
-from megagpt.evaluate import run_task
+from megagpt import checkpoint
+from megagpt.checkpoint import huggingface as convert
+from megagpt.tasks.evaluate import run_task
 from tests.train.conftest import ROOT, VENV_BIN
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,6 @@ def test_lm_eval_on_the_exported_folder_matches_megagpt_evaluate(trained_run, tm
     model, tokenizer, _ = checkpoint.load_pretrained(trained_run, device="cpu")
     ours = run_task(model, tokenizer, "lambada", limit=LIMIT, progress=False)
     print(f"lm-eval: acc {theirs['acc,none']}, ppl {theirs['perplexity,none']:.6g}; "
-          f"megagpt.evaluate: acc {ours['acc']}, ppl {ours['ppl']:.6g}")
+          f"megagpt.tasks.evaluate: acc {ours['acc']}, ppl {ours['ppl']:.6g}")
     assert theirs["acc,none"] == ours["acc"]
     assert theirs["perplexity,none"] == pytest.approx(ours["ppl"], rel=1e-4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from megagpt.config import ConfigError, load_config
-from megagpt.parallel.layout import plan_layout
-from megagpt.sizing import stage_parameters
+from megagpt.sizing.layout_rules import describe_layout, plan_layout
+from megagpt.sizing.parameters import stage_parameters
 from tests.train.conftest import run_training
 
 
@@ -58,7 +58,7 @@ def test_layout_line_counts_parameters_and_memory():
     cfg = load_config("configs/gpt2-xl.yaml", ["parallel.pp=2"])
     total = stage_parameters(cfg.model, pp=1, tp=1)
     assert total == 1_557_611_200 + 47 * 1600  # GPT-2 XL as Hugging Face counts it + 47 padding rows
-    line = plan_layout(cfg, 16).describe(cfg, on_gpu=True)
+    line = describe_layout(plan_layout(cfg, 16), cfg, on_gpu=True)
     assert line.startswith("world 16 | dp 8 | pp 2 | tp 1 | zero 3 | batch 8 micro x 4 accum x 8 dp = 256")
     per_rank = stage_parameters(cfg.model, pp=2, tp=1)
     assert 0.5 * total < per_rank < 0.56 * total

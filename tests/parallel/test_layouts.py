@@ -17,7 +17,7 @@ import torch
 
 from megagpt.checkpoint import consolidated_state_dict, load_pretrained
 from megagpt.config import load_config
-from megagpt.model import GPT, LocalCausalSelfAttention
+from megagpt.model.gpt import GPT, LocalCausalSelfAttention
 from tests.parallel.conftest import LAYOUTS, STEPS, LayoutRuns, losses
 from tests.train.conftest import ROOT, VENV_BIN, free_port
 
@@ -84,7 +84,8 @@ def test_consolidated_weights_load_into_one_process_gpt_and_hugging_face(layout_
 
 def test_sparse_checkpoint_evaluates_generates_finetunes_but_is_not_exported(sparse_layout_runs, tmp_path,
                                                                             capsys):
-    from megagpt import convert, evaluate, finetune, generate
+    from megagpt.checkpoint import huggingface as convert
+    from megagpt.tasks import evaluate, finetune, generate
 
     run = sparse_layout_runs["one_process"]
     model, _, _ = load_pretrained(run, device="cpu")

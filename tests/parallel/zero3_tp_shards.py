@@ -18,13 +18,13 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from megagpt.config import load_config  # noqa: E402
-from megagpt.deepspeed_config import build_ds_config  # noqa: E402
-from megagpt.engine import build_model  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
+from megagpt.model.gpt import GPT  # noqa: E402
 from megagpt.parallel.launcher import fill_rank_env  # noqa: E402
-from megagpt.parallel.layout import plan_layout  # noqa: E402
 from megagpt.parallel.tensor import take_split, tensor_parallel_layers  # noqa: E402
 from megagpt.parallel.topology import Topology  # noqa: E402
+from megagpt.sizing.layout_rules import plan_layout  # noqa: E402
+from megagpt.training.deepspeed_config import build_ds_config  # noqa: E402
+from megagpt.training.engine import build_model  # noqa: E402
 
 
 def mismatches(model: torch.nn.Module, whole: dict[str, torch.Tensor], topo: Topology) -> list[str]:

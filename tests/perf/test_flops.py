@@ -3,14 +3,14 @@
 import pytest
 
 from megagpt.config import ModelConfig
-from megagpt.flops import (
+from megagpt.model.gpt import GPT
+from megagpt.sizing.flops import (
     accelerator_name,
     device_peak_flops,
     mfu,
     training_flops_per_token,
 )
-from megagpt.model import GPT
-from megagpt.sizing import matmul_parameters
+from megagpt.sizing.parameters import matmul_parameters
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "gpt1-tiny"])

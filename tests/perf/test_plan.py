@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from megagpt.config import ModelConfig, load_config
-from megagpt.model import GPT
-from megagpt.parallel.layout import Devices, Layout, plan_layout
-from megagpt.plan import (
+from megagpt.model.gpt import GPT
+from megagpt.parallel.layout import Layout
+from megagpt.sizing.layout_rules import Devices, plan_layout
+from megagpt.sizing.parameters import stage_parameters
+from megagpt.sizing.planner import (
     Cluster,
     activation_bytes,
     block_activation_bytes,
@@ -18,7 +20,6 @@ from megagpt.plan import (
     main,
     plan,
 )
-from megagpt.sizing import stage_parameters
 
 XL = ModelConfig.preset("gpt2-xl")  # GPT-2's 50257 padded to 50304, a multiple of 128
 XL_PARAMS = 1_557_611_200 + (50304 - 50257) * 1600  # Hugging Face's count with that padding
