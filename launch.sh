@@ -7,7 +7,7 @@
 #   ./launch.sh cluster-test [ARGS]  the SLURM and fault tests: a real one-node SLURM on localhost
 #                            (installs Debian's slurmctld, slurmd, munge when missing; needs root)
 #   ./launch.sh gpu-check [ARGS]  on an NVIDIA GPU: sets up .venv-gpu with torch's CUDA build, then
-#                            the GPU tests and benchmarks in at most 10 minutes (bench/gpu_train.py;
+#                            the GPU tests and benchmarks in at most 10 minutes (python -m bench.gpu_train;
 #                            ARGS go to it; --smoke runs them at toy size, on a CPU too)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
@@ -106,7 +106,7 @@ for what in missing:
     print(f"gpu-check: warning: no {what}: the parts that need it will fail", file=sys.stderr)
 PY
   fi
-  python bench/gpu_train.py "$@"
+  python -m bench.gpu_train "$@"
 }
 
 case "$cmd" in

@@ -1,7 +1,8 @@
 """Run a command and measure it: wall time, CPU time and each process's peak resident memory.
 
 Peak RSS is sampled (every 50 ms) for the command and all its descendants, by process, so an MPI
-job reports each rank's peak. Used by the corpus benchmarks.
+job reports each rank's peak. Used by the corpus benchmarks; not a benchmark itself (`python -m bench`
+skips modules whose name starts with an underscore).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""8-gram Bloom filter throughput: megagpt's blocked numpy filter against rbloom, side by side.
+"""How fast is megagpt's 8-gram Bloom filter against rbloom, from document text and filter alone?
 
-    python bench/bloom.py [--repeat 3] [--fp 1e-8] [--json bench/results/bloom-DATE.json]
+    python -m bench.bloom [--repeat 3] [--fp 1e-8] [--json bench/results/bloom-DATE.json]
 
+8-gram Bloom filter throughput: megagpt's blocked numpy filter against rbloom, side by side.
 Real text (LAMBADA, WikiText-2 test, the 181 sample articles) is turned into 8-grams the paper's
 way and inserted into, then queried against, a filter sized for them at the same false-positive
 target. Single process, so the figures are per core. Three contenders:
@@ -19,23 +20,21 @@ megagpt / rbloom (above 1: megagpt is faster).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import date
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rbloom
 import xxhash
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pipelines.bloom import BloomFilter  # noqa: E402
-from pipelines.ngrams import ngram_hashes_batch, ngram_strings  # noqa: E402
+from bench import harness
+from bench.harness import ROOT
+from pipelines.bloom import BloomFilter
+from pipelines.ngrams import ngram_hashes_batch, ngram_strings
+
+OPERATIONS = ("insert_end_to_end", "insert_filter_only", "query_end_to_end", "query_filter_only")
+REFERENCES = ("rbloom", "rbloom-py")
 
 
 def texts() -> list[str]:
@@ -121,27 +120,39 @@ def run(docs: list[str], fp: float, repeat: int) -> dict:
     return {"ngrams": n, "fp": fp, "results": results}
 
 
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds ngrams, ngrams_per_s and bits_per_ngram by contender."""
+    rates = figures["ngrams_per_s"]
+    for ref in REFERENCES:
+        figures[f"megagpt_over_{ref}"] = {k: rates["megagpt"][k] / rates[ref][k] for k in OPERATIONS}
+    table = harness.Table(["contender", *(f"{k} M/s" for k in OPERATIONS), "bits/8-gram"])
+    for name, r in rates.items():
+        bits = round(figures["bits_per_ngram"][name], 1)
+        table.add(name, *(round(r[k] / 1e6, 2) for k in OPERATIONS), bits)
+    for ref in REFERENCES:
+        table.add(f"megagpt / {ref}", *(f"{v:.2f}x" for v in figures[f"megagpt_over_{ref}"].values()), "")
+    faster = all(v > 1 for v in figures["megagpt_over_rbloom"].values())
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="rbloom (Rust) over the same 8-grams hashed by xxh3, in the same run (rbloom-py: "
+                  "Python's salted hash(), for the record)",
+        goal=harness.Goal("megagpt faster than rbloom at every operation, end to end and filter alone",
+                          faster))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fp", type=float, default=1e-8)
-    parser.add_argument("--json", default=str(ROOT / f"bench/results/bloom-{date.today()}.json"))
     args = parser.parse_args()
     out = run(texts(), args.fp, args.repeat)
     res = out["results"]
-    keys = [k for k in res["megagpt"] if k != "bits_per_ngram"]
-    print(f"{out['ngrams']} 8-grams, fp target {args.fp}, one process; million 8-grams a second")
-    print(f"{'':<10}" + "".join(f"{k:>20}" for k in keys) + f"{'bits/8-gram':>13}")
-    for name, r in res.items():
-        print(f"{name:<10}" + "".join(f"{r[k] / 1e6:>20.2f}" for k in keys) + f"{r['bits_per_ngram']:>13.1f}")
-    for ref in ("rbloom", "rbloom-py"):
-        out[f"megagpt_over_{ref}"] = {k: res["megagpt"][k] / res[ref][k] for k in keys}
-        print(f"megagpt / {ref:<10}" + "".join(f"{v:>19.2f}x" for v in out[f"megagpt_over_{ref}"].values()))
-    out["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                      "load_average": os.getloadavg()}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    figures = {"ngrams": out["ngrams"],
+               "ngrams_per_s": {name: {k: r[k] for k in OPERATIONS} for name, r in res.items()},
+               "bits_per_ngram": {name: r["bits_per_ngram"] for name, r in res.items()}}
+    settings = {"fp": args.fp, "repeat": args.repeat, "processes": 1,
+                "text": "LAMBADA test, WikiText-2 test, the 181 sample articles"}
+    harness.report("bloom", summarize(settings, figures), args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""How a corpus build's memory and time grow with the corpus: 1 rank on 40, 160 and 640 MB.
+"""How do a corpus build's peak memory and time grow with the corpus (40, 160 and 640 MB)?
 
-    python bench/corpus_scale.py [--sizes 40 160 640] [--ranks 1] [--json OUT.json]
+    python -m bench.corpus_scale [--sizes 40 160 640] [--ranks 1] [--baseline CHECKOUT] [--json OUT.json]
 
 The corpora are WebText-like JSON lines written here (never committed): documents of about 4 KB
 made of real sentences drawn with a seeded generator from the bundled LAMBADA passages and
@@ -16,23 +16,21 @@ ratios are taken against, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.process_memory import run_measured  # noqa: E402
-from bench.report import save_results  # noqa: E402
-from megagpt.tokenizer import Tokenizer  # noqa: E402
+from bench import harness
+from bench._process_memory import run_measured
+from bench.harness import ROOT
+from megagpt.formats.tokenizer import Tokenizer
 
 DOC_BYTES = 4000
 
@@ -62,16 +60,25 @@ def write_corpus(path: Path, megabytes: int, pool: list[str], seed: int = 0) -> 
     return documents
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 160, 640], help="corpus sizes in MB")
-    parser.add_argument("--ranks", type=int, default=1, help="MPI ranks a build (1: a plain process)")
-    parser.add_argument("--baseline", type=Path, help="an earlier checkout to compare with")
-    parser.add_argument("--baseline-max", type=int, default=160, help="largest size the baseline builds")
-    parser.add_argument("--json", default=str(ROOT / f"bench/results/corpus_scale-{date.today()}.json"))
-    args = parser.parse_args()
+def one_build(name: str, checkout: Path, corpus: Path, tok: Path, ranks: int, env: dict[str, str]) -> dict:
+    """One measured build of `corpus` by the code in `checkout`: time, memory, what it kept."""
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    launcher = [os.path.join(bin_dir, "mpiexec"), "-n", str(ranks)] if ranks > 1 else []
+    out = corpus.parent / f"out-{name}-{corpus.stem}"
+    command = [*launcher, sys.executable, "-m", "pipelines.build", "--input", str(corpus),
+               "--output", str(out), "--tokenizer", str(tok), "--workers", "1"]
+    print(f"{name}: {' '.join(command[-10:])}", flush=True)
+    run = run_measured(command, {**env, "PYTHONPATH": str(checkout)}, checkout)
+    manifest = json.loads((out / "manifest.json").read_text())
+    shutil.rmtree(out)
+    return {**run, "code": name, "kept": manifest["stages"]["split"]["in"],
+            "tokens": manifest["tokens"] + manifest.get("valid", {}).get("tokens", 0)}
+
+
+def measure(args) -> list[dict]:
+    """Every build: ours at each size, the baseline's after it up to --baseline-max MB."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     pool = sentences()
     runs = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -81,40 +88,54 @@ def main() -> None:
             corpus = Path(tmp) / f"webtext-{size}mb.jsonl"
             documents = write_corpus(corpus, size, pool)
             megabytes = corpus.stat().st_size / 1e6
+            print(f"{megabytes:.0f} MB, {documents} documents", flush=True)
             checkouts = [("new", ROOT)]
             if args.baseline and size <= args.baseline_max:
                 checkouts.append(("baseline", args.baseline.resolve()))
             for name, checkout in checkouts:
-                launcher = [os.path.join(bin_dir, "mpiexec"), "-n", str(args.ranks)] if args.ranks > 1 else []
-                out = Path(tmp) / f"out-{name}-{size}"
-                command = [*launcher, sys.executable, "-m", "pipelines.build", "--input", str(corpus),
-                           "--output", str(out), "--tokenizer", str(tok.path), "--workers", "1"]
-                print(f"{name}: {' '.join(command[-10:])}  ({megabytes:.0f} MB, {documents} documents)",
-                      flush=True)
-                run = run_measured(command, {**env, "PYTHONPATH": str(checkout)}, checkout)
-                manifest = json.loads((out / "manifest.json").read_text())
-                run.update(code=name, megabytes=megabytes, documents=documents,
-                           kept=manifest["stages"]["split"]["in"],
-                           tokens=manifest["tokens"] + manifest.get("valid", {}).get("tokens", 0),
+                run = one_build(name, checkout, corpus, tok.path, args.ranks, env)
+                run.update(megabytes=megabytes, documents=documents,
                            mb_per_s_per_core=megabytes / run["seconds"] / args.ranks)
                 runs.append(run)
-                shutil.rmtree(out)
             corpus.unlink()
-    print(f"{'code':<9}{'MB':>6}{'documents':>11}{'kept':>9}{'seconds':>9}{'CPU s':>8}{'MB/s/core':>11}"
-          f"{'peak RSS MiB':>14}")
-    for r in runs:
-        print(f"{r['code']:<9}{r['megabytes']:>6.0f}{r['documents']:>11}{r['kept']:>9}{r['seconds']:>9.1f}"
-              f"{r['cpu_seconds']:>8.1f}{r['mb_per_s_per_core']:>11.2f}{max(r['peak_rss_mib']):>14.0f}")
-    ours = [r for r in runs if r["code"] == "new"]
-    for r in (r for r in runs if r["code"] == "baseline"):
+    return runs
+
+
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds runs (one a build, code "new" or "baseline")."""
+    ours = [r for r in figures["runs"] if r.get("code", "new") == "new"]
+    baseline = [r for r in figures["runs"] if r.get("code") == "baseline"]
+    table = harness.Table(["code", "MB", "documents", "kept", "seconds", "CPU s", "MB/s/core",
+                           "peak RSS MiB"])
+    for r in ours + baseline:
+        table.add(r.get("code", "new"), round(r["megabytes"]), r["documents"], r["kept"],
+                  round(r["seconds"], 1), round(r["cpu_seconds"], 1), round(r["mb_per_s_per_core"], 2),
+                  round(max(r["peak_rss_mib"])))
+    figures["against_baseline"] = []
+    for r in baseline:
         same = next(o for o in ours if o["megabytes"] == r["megabytes"])
-        print(f"{r['megabytes']:.0f} MB: {r['seconds'] / same['seconds']:.2f}x the baseline's speed, "
-              f"{max(same['peak_rss_mib']) / max(r['peak_rss_mib']):.2f}x its peak memory")
-    runs = ours + [r for r in runs if r["code"] == "baseline"]
-    growth = max(ours[-1]["peak_rss_mib"]) / max(ours[0]["peak_rss_mib"])
-    print(f"peak RSS at {ours[-1]['megabytes']:.0f} MB / at {ours[0]['megabytes']:.0f} MB: {growth:.2f}x "
-          f"(goal <= 1.30x for 4x the corpus)")
-    save_results(args.json, {"ranks": args.ranks, "runs": runs, "peak_rss_growth": growth})
+        figures["against_baseline"].append({
+            "megabytes": r["megabytes"], "speed_vs_baseline": r["seconds"] / same["seconds"],
+            "peak_memory_vs_baseline": max(same["peak_rss_mib"]) / max(r["peak_rss_mib"])})
+    figures["runs"] = ours + baseline
+    growth = figures["peak_rss_growth"] = max(ours[-1]["peak_rss_mib"]) / max(ours[0]["peak_rss_mib"])
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="with --baseline: an earlier checkout's builds of the same corpora, in the same run",
+        goal=harness.Goal(f"peak RSS at {ours[-1]['megabytes']:.0f} MB <= 1.30x that at "
+                          f"{ours[0]['megabytes']:.0f} MB", growth <= 1.30))
+
+
+def main() -> None:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 160, 640], help="corpus sizes in MB")
+    parser.add_argument("--ranks", type=int, default=1, help="MPI ranks a build (1: a plain process)")
+    parser.add_argument("--baseline", type=Path, help="an earlier checkout to compare with")
+    parser.add_argument("--baseline-max", type=int, default=160, help="largest size the baseline builds")
+    args = parser.parse_args()
+    settings = {"sizes_mb": args.sizes, "ranks": args.ranks, "workers": 1, "document_bytes": DOC_BYTES,
+                "baseline": args.baseline and str(args.baseline), "baseline_max_mb": args.baseline_max}
+    harness.report("corpus_scale", summarize(settings, {"runs": measure(args)}), args.json)
 
 
 if __name__ == "__main__":

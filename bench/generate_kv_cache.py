@@ -1,6 +1,6 @@
-"""Generation speed with and without the KV cache: 256 new tokens, greedy, the same model.
+"""How much faster is generation with the KV cache than without (256 new tokens, greedy)?
 
-    python bench/generate_kv_cache.py [--new 256] [--batch 1 4] [--json bench/results/kv_cache.json]
+    python -m bench.generate_kv_cache [--new 256] [--batch 1 4] [--shapes ...] [--json FILE]
 
 Random weights of GPT-2 layouts (timing does not depend on the values), a 16-token prompt, greedy
 decoding so that both paths emit the same tokens (checked). Without the cache every step recomputes
@@ -10,21 +10,16 @@ and the speed-up. Uses the accelerator when there is one.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import sys
 import time
-from datetime import date
-from pathlib import Path
+from typing import Any
 
 import torch
 from deepspeed.accelerator import get_accelerator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megagpt.config import ModelConfig  # noqa: E402
-from megagpt.generate import generate  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
+from bench import harness
+from megagpt.config import ModelConfig
+from megagpt.model.gpt import GPT
+from megagpt.tasks.generate import generate
 
 SHAPES = {
     "demo (4 x 256, vocab 8192)": dict(preset="gpt2-small", n_layer=4, n_head=4, n_embd=256, vocab_size=8192,
@@ -42,37 +37,49 @@ def timed(model: GPT, prompts: list[list[int]], new: int, use_cache: bool, devic
     return time.perf_counter() - t, out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--new", type=int, default=256)
-    p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--json", default=f"bench/results/kv_cache-{date.today()}.json")
-    args = p.parse_args()
-    device = get_accelerator().device_name()
+def measure(shapes: list[str], batches: list[int], new: int, device: str) -> list[dict]:
+    """Seconds of `new` greedy tokens with and without the cache, for each shape and batch size."""
     results = []
-    for name in args.shapes:
+    for name in shapes:
         shape = dict(SHAPES[name])
         torch.manual_seed(0)
         model = GPT(ModelConfig.preset(shape.pop("preset"), dropout=0.0, **shape)).to(device).eval()
-        for batch in args.batch:
+        for batch in batches:
             prompts = torch.randint(0, model.config.vocab_size, (batch, 16)).tolist()
             timed(model, prompts, 8, True, device)  # warm-up
-            cached_s, cached = timed(model, prompts, args.new, True, device)
-            uncached_s, uncached = timed(model, prompts, args.new, False, device)
+            cached_s, cached = timed(model, prompts, new, True, device)
+            uncached_s, uncached = timed(model, prompts, new, False, device)
             assert cached == uncached, "cached and uncached greedy tokens differ"
-            results.append(dict(shape=name, batch=batch, prompt=16, new_tokens=args.new,
+            results.append(dict(shape=name, batch=batch, prompt=16, new_tokens=new,
                                 params=model.num_parameters(), cached_s=cached_s, uncached_s=uncached_s,
                                 speedup=uncached_s / cached_s))
-    out = {"bench": "generate_kv_cache", "date": str(date.today()), "device": device,
-           "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__, "results": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"{'model':<30}{'batch':>6}{'cached s':>10}{'uncached s':>12}{'speed-up':>10}")
-    for r in results:
-        print(f"{r['shape']:<30}{r['batch']:>6}{r['cached_s']:>10.2f}{r['uncached_s']:>12.2f}{r['speedup']:>9.1f}x")
-    print(f"results: {args.json}")
+    return results
+
+
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds results (one a shape and batch size)."""
+    table = harness.Table(["model", "batch", "cached s", "uncached s", "speed-up"])
+    for r in figures["results"]:
+        table.add(r["shape"], r["batch"], round(r["cached_s"], 2), round(r["uncached_s"], 2),
+                  f"{r['speedup']:.1f}x")
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="the same model and prompts generating without the cache (the whole prefix every step)",
+        goal=harness.Goal("the cached path faster at every shape and batch, with the same greedy tokens",
+                          all(r["speedup"] > 1 for r in figures["results"])))
+
+
+def main() -> None:
+    p = harness.parser(__doc__)
+    p.add_argument("--new", type=int, default=256)
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    args = p.parse_args()
+    device = get_accelerator().device_name()
+    settings = {"device": device, "threads": torch.get_num_threads(), "new_tokens": args.new,
+                "prompt_tokens": 16, "batch": args.batch, "shapes": args.shapes}
+    figures = {"results": measure(args.shapes, args.batch, args.new, device)}
+    harness.report("generate_kv_cache", summarize(settings, figures), args.json)
 
 
 if __name__ == "__main__":

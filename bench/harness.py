@@ -17,6 +17,7 @@ lone times do not.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -27,7 +28,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KEYS = ("bench", "question", "date", "machine", "settings", "figures", "reference", "goal", "table")
 _VERSIONS = ("torch", "deepspeed", "numpy", "transformers")
 
 
@@ -98,6 +101,35 @@ def print_table(table: Table, out=sys.stdout) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as help, and --json (where report writes)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", type=Path, default=None, help="where to write the result "
+                   "(default: bench/results/NAME-DATE[-LABEL].json)")
+    return p
+
+
+def record(name: str, result: Result, when: str | None = None, facts: dict[str, Any] | None = None) -> dict:
+    """The JSON record of `result` (the schema above); `when` and `facts`: today and this machine."""
+    return {"bench": name, "date": when or str(date.today()), "machine": facts or machine(), **asdict(result)}
+
+
+def write(path: str | Path, rec: dict) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=2, default=str) + "\n")
+    return out
+
+
+def load(path: str | Path) -> dict:
+    """A result record, checked to have every key of the schema."""
+    rec = json.loads(Path(path).read_text())
+    missing = [k for k in KEYS if k not in rec]
+    if missing:
+        raise ValueError(f"{path}: not a bench result, no {missing}")
+    return rec
+
+
 def result_path(name: str, label: str = "") -> Path:
     return RESULTS / f"{name}-{date.today()}{'-' + label if label else ''}.json"
 
@@ -111,9 +143,6 @@ def report(name: str, result: Result, path: str | Path | None = None, label: str
     if result.goal:
         verdict = {True: "met", False: "NOT met", None: "not judged"}[result.goal.met]
         print(f"goal: {result.goal.claim}: {verdict}")
-    out = Path(path) if path else result_path(name, label)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"bench": name, "date": str(date.today()), "machine": machine(), **asdict(result)}
-    out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    out = write(path or result_path(name, label), record(name, result))
     print(f"wrote {out}")
     return out

@@ -1,15 +1,14 @@
-"""What the integrity checks cost: shard sha256 against reading the shard, checkpoint checksums
-against saving and loading the checkpoint.
+"""What do the integrity checks cost against reading a shard and saving or loading a checkpoint?
 
-    python bench/integrity.py [--tokens 20000000] [--params 25000000] [--repeat 3] [--json PATH]
+    python -m bench.integrity [--tokens 20000000] [--params 25000000] [--repeat 3] [--json PATH]
 
 Shard: one webdataset shard of --tokens uint16 tokens in 1,000-token documents, read the way
-megagpt.data reads it (read_shard: parse the tar, load every document), without and with the
-manifest's sha256 (which reads the file into memory, hashes it, then parses from memory); also
+megagpt.training.data reads it (read_shard: parse the tar, load every document), without and with
+the manifest's sha256 (which reads the file into memory, hashes it, then parses from memory); also
 the sha256 of the bytes alone and the out-of-vocabulary check (the largest id). Checkpoint: a
 state of --params fp32 weights plus Adam's two moments, as a checkpoint (12 bytes a parameter)
-holds them, saved with torch.save then hashed (checkpoint.write_checksums, xxh3-128), verified
-(checkpoint.verify) and loaded (torch.load).
+holds them, saved with torch.save then hashed (checkpoint.integrity.write_checksums, xxh3-128),
+verified (checkpoint.integrity.verify) and loaded (torch.load).
 All files are in the page cache, which is the case at save (just written) and the worst case for
 the relative cost of the hash (no disk to wait for). The best of --repeat runs is kept (shard
 reads with and without the check alternate).
@@ -17,23 +16,18 @@ reads with and without the check alternate).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
-import platform
-import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from megagpt import checkpoint  # noqa: E402
-from pipelines.shards import ShardWriter, read_shard  # noqa: E402
+from bench import harness
+from megagpt.checkpoint import integrity
+from megagpt.formats.shards import ShardWriter, read_shard
 
 
 def best(repeat: int, fn) -> float:
@@ -62,7 +56,7 @@ def shard_costs(folder: Path, tokens: int, repeat: int) -> dict[str, float]:
     data = path.read_bytes()
     hash_alone = best(repeat, lambda: hashlib.sha256(data).hexdigest())
     docs = [t for _, t, _ in read_shard(path)]
-    vocab = best(repeat, lambda: max(int(d.max()) for d in docs))  # megagpt.data's id range check
+    vocab = best(repeat, lambda: max(int(d.max()) for d in docs))  # megagpt.training.data's id range check
     return {"shard_mb": len(data) / 1e6, "read_s": plain, "read_and_verify_s": checked,
             "sha256_alone_s": hash_alone, "vocab_check_s": vocab, "overhead": checked / plain - 1}
 
@@ -74,23 +68,16 @@ def checkpoint_costs(folder: Path, params: int, repeat: int) -> dict[str, float]
     (path / "portable").mkdir(parents=True)
     file = path / "portable" / "stage00.pt"
     save = best(repeat, lambda: torch.save(state, file))
-    hash_ = best(repeat, lambda: checkpoint.write_checksums(path))
-    verify = best(repeat, lambda: checkpoint.verify(path))
+    hash_ = best(repeat, lambda: integrity.write_checksums(path))
+    verify = best(repeat, lambda: integrity.verify(path))
     load = best(repeat, lambda: torch.load(file, weights_only=True))
     return {"checkpoint_mb": file.stat().st_size / 1e6, "save_s": save, "checksums_s": hash_,
             "verify_s": verify, "load_s": load, "save_overhead": hash_ / save, "load_overhead": verify / load}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", type=int, default=20_000_000)
-    p.add_argument("--params", type=int, default=25_000_000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--json", type=Path, default=ROOT / f"bench/results/integrity-{date.today()}.json")
-    args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        shard = shard_costs(Path(tmp) / "shards", args.tokens, args.repeat)
-        ckpt = checkpoint_costs(Path(tmp) / "ckpt", args.params, args.repeat)
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds the shard's and the checkpoint's seconds."""
+    shard, ckpt = figures["shard"], figures["checkpoint"]
     rows = [("shard: read vs sha256 alone", shard["shard_mb"], shard["read_s"], shard["sha256_alone_s"]),
             ("shard: read vs read + sha256 - read", shard["shard_mb"], shard["read_s"],
              shard["read_and_verify_s"] - shard["read_s"]),
@@ -100,13 +87,25 @@ def main() -> None:
              ckpt["checksums_s"]),
             ("checkpoint: torch.load vs xxh3 verify", ckpt["checkpoint_mb"], ckpt["load_s"],
              ckpt["verify_s"])]
-    print(f"{'':42} {'MB':>7} {'I/O s':>8} {'check s':>8} {'overhead':>9}")
+    table = harness.Table(["what", "MB", "I/O s", "check s", "overhead"])
     for name, mb, io, check in rows:
-        print(f"{name:42} {mb:7.0f} {io:8.3f} {check:8.3f} {check / io:+9.1%}")
-    result = {"machine": platform.processor() or platform.machine(), "args": {k: str(v) for k, v in
-              vars(args).items()}, "shard": shard, "checkpoint": ckpt}
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+        table.add(name, round(mb), round(io, 3), round(check, 3), f"{check / io:+.1%}")
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="reading the shard; torch.save and torch.load of the checkpoint (files in the page cache)")
+
+
+def main() -> None:
+    p = harness.parser(__doc__)
+    p.add_argument("--tokens", type=int, default=20_000_000)
+    p.add_argument("--params", type=int, default=25_000_000)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = shard_costs(Path(tmp) / "shards", args.tokens, args.repeat)
+        ckpt = checkpoint_costs(Path(tmp) / "ckpt", args.params, args.repeat)
+    settings = {"tokens": args.tokens, "params": args.params, "repeat": args.repeat}
+    harness.report("integrity", summarize(settings, {"shard": shard, "checkpoint": ckpt}), args.json)
 
 
 if __name__ == "__main__":

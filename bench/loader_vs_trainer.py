@@ -1,8 +1,8 @@
-"""Data loader throughput against what the trainer consumes, in one run.
+"""Is the data loader fast enough never to be the trainer's bottleneck (tokens/s of each, one run)?
 
-    python bench/loader_vs_trainer.py [--shards data/shards] [--json OUT.json]
+    python -m bench.loader_vs_trainer [--shards data/shards] [--steps 10] [--seconds 3] [--json OUT.json]
 
-The loader side is megagpt.data's reader (shards -> packed windows -> this rank's micro-batch) as
+The loader side is megagpt.training.data's reader (shards -> packed windows -> this rank's micro-batch) as
 the trainer uses it; the trainer side is a forward + backward + AdamW step of the model of each
 config on those very batches, in one process. The ratio says how far the loader is from being
 the bottleneck (goal: >= 20x). The shard folder defaults to the demo corpus and is built from the
@@ -11,25 +11,24 @@ bundled pages when missing.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from megagpt.config import load_config  # noqa: E402
-from megagpt.data import RankBatches, open_dataset  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
+from bench import harness
+from bench.harness import ROOT
+from megagpt.config import load_config
+from megagpt.model.gpt import GPT
+from megagpt.training.data import RankBatches, open_dataset
 
 CONFIGS = ["configs/tiny.yaml", "configs/demo.yaml"]
+GOAL = 20  # the loader at least this many times the trainer's tokens/s
 
 
 def loader_tokens_per_sec(shards: Path, block_size: int, micro_batch: int, seconds: float) -> float:
@@ -60,12 +59,24 @@ def trainer_tokens_per_sec(shards: Path, config: str, vocab_size: int, steps: in
     return x.numel() / statistics.median(times)
 
 
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds results (one a config)."""
+    table = harness.Table(["config", "loader tokens/s", "trainer tokens/s", "ratio"])
+    for r in figures["results"]:
+        table.add(r["config"], round(r["loader_tokens_per_s"]), round(r["trainer_tokens_per_s"]),
+                  f"{r['ratio']:.0f}x")
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="a forward + backward + AdamW step of each config's model on the same batches",
+        goal=harness.Goal(f"the loader >= {GOAL}x the trainer's tokens/s at every config",
+                          all(r["ratio"] >= GOAL for r in figures["results"])))
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__)
     p.add_argument("--shards", type=Path, default=ROOT / "data/shards")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seconds", type=float, default=3.0, help="time to draw batches for")
-    p.add_argument("--json", type=Path, default=ROOT / f"bench/results/loader_vs_trainer-{date.today()}.json")
     args = p.parse_args()
     if not (args.shards / "manifest.json").is_file():
         print(f"building {args.shards} from data/sample/html (about a minute)")
@@ -82,15 +93,9 @@ def main() -> None:
         results.append({"config": config, "block_size": cfg.model.block_size,
                         "micro_batch": cfg.train.micro_batch_size, "loader_tokens_per_s": loader,
                         "trainer_tokens_per_s": trainer, "ratio": loader / trainer})
-    out = {"bench": "loader_vs_trainer", "date": str(date.today()), "device": platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "shards": str(args.shards), "results": results}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
-    print(f"{'config':<22}{'loader tokens/s':>17}{'trainer tokens/s':>18}{'ratio':>9}")
-    for r in results:
-        print(f"{r['config']:<22}{r['loader_tokens_per_s']:>17,.0f}{r['trainer_tokens_per_s']:>18,.0f}"
-              f"{r['ratio']:>8.0f}x")
-    print(f"results: {args.json}")
+    settings = {"shards": str(args.shards), "steps": args.steps, "seconds": args.seconds,
+                "threads": torch.get_num_threads(), "device": "cpu"}
+    harness.report("loader_vs_trainer", summarize(settings, {"results": results}), args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Memory and speed of the overlap checker's filter building as the training text grows 4x.
+"""How do the overlap checker's filter-building memory and speed grow as the training text grows 4x?
 
-    python bench/overlap_scale.py [--words 3000000] [--json bench/results/overlap_scale-DATE.json]
+    python -m bench.overlap_scale [--words 3000000] [--json bench/results/overlap_scale-DATE.json]
 
 Training text: the sentences of LAMBADA (test) and WikiText-2 (test), shuffled with a seeded RNG
 into new documents of 30 sentences, with one word in five replaced by a random word of their
@@ -9,7 +9,8 @@ vocabulary so that each copy of a sentence brings new 8-grams, as a larger corpu
 (pipelines.sources reads one input file whole, so files are kept shard-sized). Nothing generated
 is kept.
 
-Each measurement is a fresh child process (under mpiexec for 2 ranks) reporting its own peak RSS
+Each measurement is a fresh child process (python -m bench.overlap_scale --child, under mpiexec
+for 2 ranks) reporting its own peak RSS
 (getrusage maxrss), so one run's peak never hides another's:
   base         imports, a small batch hashed and inserted: the interpreter, numpy and numba's code
   streaming    pipelines.overlap.build_filter: HyperLogLog pass, then insert pass
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -37,18 +37,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pipelines.bloom import BloomFilter  # noqa: E402
-from pipelines.cardinality import HyperLogLog  # noqa: E402
-from pipelines.mpi import world  # noqa: E402
-from pipelines.ngrams import ngram_hashes_batch, words  # noqa: E402
-from pipelines.overlap import _batches, build_filter, iter_texts  # noqa: E402
+from bench import harness
+from bench.harness import ROOT
+from pipelines.bloom import BloomFilter
+from pipelines.cardinality import HyperLogLog
+from pipelines.mpi import world
+from pipelines.ngrams import ngram_hashes_batch, words
+from pipelines.overlap import _batches, build_filter, iter_texts
 
 SENTENCES_A_DOC, DOCS_A_FILE, REPLACED = 30, 2000, 0.2
 
@@ -135,12 +135,13 @@ def run_child(mode: str, train: Path | None = None, ranks: int = 1,
     """The ranks' reports of one child run (sorted by rank)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
-        command = [sys.executable, __file__, "--child", mode, "--train", str(train or ""),
+        command = [sys.executable, "-m", "bench.overlap_scale", "--child", mode, "--train", str(train or ""),
                    "--report", str(report)]
         command += ["--max-memory", str(max_memory)] if max_memory else []
         if ranks > 1:
             command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), *command]
-        subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True, capture_output=True)
+        subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, check=True,
+                       capture_output=True)
         return [json.loads(Path(f"{report}.{rank}.json").read_text()) for rank in range(ranks)]
 
 
@@ -193,25 +194,37 @@ def checksum_cost(folder: Path, nbytes: int, repeat: int = 3) -> dict:
             "verify_over_read": (timings["load_verify"] - timings["load_no_verify"]) / timings["read_file"]}
 
 
-def print_table(out: dict) -> None:
-    mib = lambda b: f"{b / 2**20:8.1f}"
-    print(f"{'run':<32}{'8-grams':>11}{'seconds':>9}{'8-grams/s':>12}{'peak MiB':>10}{'filter MiB':>11}"
-          f"{'beyond MiB':>11}")
-    for name, r in out["runs"].items():
-        rate = f"{r['ngrams'] / r['seconds'] / 1e6:10.2f} M" if r.get("ngrams") else f"{'':>12}"
-        print(f"{name:<32}{r.get('ngrams', 0):>11}{r['seconds']:>9.2f}{rate}{mib(r['maxrss'])}  "
-              f"{mib(r['filter_bytes'])}   {mib(r['maxrss'] - r['filter_bytes'])}")
-    for name, ratio in out["beyond_filter_4x_over_1x"].items():
-        print(f"memory beyond the filter, 4x / 1x, {name:<10}: {ratio:.3f}")
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds runs (peak RSS and filter bytes of each child),
+    the 4x / 1x ratios, hll and checksum."""
+    mib = lambda b: round(b / 2**20, 1)
+    table = harness.Table(["run", "8-grams", "seconds", "M 8-grams/s", "peak MiB", "filter MiB",
+                           "beyond MiB"])
+    for name, r in figures["runs"].items():
+        rate = round(r["ngrams"] / r["seconds"] / 1e6, 2) if r.get("ngrams") else None
+        table.add(name, r.get("ngrams", 0), round(r["seconds"], 2), rate, mib(r["maxrss"]),
+                  mib(r["filter_bytes"]), mib(r["maxrss"] - r["filter_bytes"]))
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="the exact-count build it replaces (np.unique, then insert), in the same run; "
+                  "datasketch's HyperLogLogPlusPlus for the sketch's update rate")
+
+
+def notes(out: dict) -> list[str]:
+    """The figures beyond the table, as lines."""
+    lines = [f"memory beyond the filter, 4x / 1x, {name:<10}: {ratio:.3f}"
+             for name, ratio in out["beyond_filter_4x_over_1x"].items()]
     h = out["hll"]
-    print(f"HyperLogLog on the 4x corpus: {h['estimate']:.0f} for {h['distinct']} distinct "
-          f"({100 * h['relative_error']:+.3f}%, {h['error_in_rse']:+.2f} rse of {100 * h['rse']:.2f}%); "
-          f"{h['update_per_s'] / 1e6:.1f} M updates/s, datasketch HLL++ "
-          f"{h['datasketch_hllpp_update_per_s'] / 1e6:.3f} M")
+    lines.append(f"HyperLogLog on the 4x corpus: {h['estimate']:.0f} for {h['distinct']} distinct "
+                 f"({100 * h['relative_error']:+.3f}%, {h['error_in_rse']:+.2f} rse of "
+                 f"{100 * h['rse']:.2f}%); "
+                 f"{h['update_per_s'] / 1e6:.1f} M updates/s, datasketch HLL++ "
+                 f"{h['datasketch_hllpp_update_per_s'] / 1e6:.3f} M")
     c = out["checksum"]
-    print(f"checksum of a {c['file_bytes'] / 2**20:.1f} MiB filter: read {c['read_file']:.3f} s, "
-          f"load with check {c['load_verify']:.3f} s, without {c['load_no_verify']:.4f} s: the check costs "
-          f"{c['verify_over_read']:.2f}x a read")
+    lines.append(f"checksum of a {c['file_bytes'] / 2**20:.1f} MiB filter: read {c['read_file']:.3f} s, "
+                 f"load with check {c['load_verify']:.3f} s, without {c['load_no_verify']:.4f} s: the check "
+                 f"costs {c['verify_over_read']:.2f}x a read")
+    return lines
 
 
 def measure(words: int, folder: Path) -> dict:
@@ -241,9 +254,8 @@ def measure(words: int, folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--words", type=int, default=3_000_000, help="words of the 1x corpus")
-    parser.add_argument("--json", default=str(ROOT / f"bench/results/overlap_scale-{date.today()}.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--max-memory", type=int, help=argparse.SUPPRESS)
@@ -256,12 +268,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="overlap_scale-") as tmp:
         out = measure(args.words, Path(tmp))
     out["bench_seconds"] = time.perf_counter() - start
-    out["machine"] = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                      "cores": os.cpu_count(), "load_average": os.getloadavg()}
-    print_table(out)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json} in {out['bench_seconds']:.0f} s")
+    settings = {"words": out.pop("words"), "sentences_a_doc": SENTENCES_A_DOC, "docs_a_file": DOCS_A_FILE,
+                "replaced_fraction": REPLACED, "fp": 1e-8}
+    print("\n".join(notes(out)))
+    harness.report("overlap_scale", summarize(settings, out), args.json)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Whole corpus build throughput, 1 against 2 MPI ranks, on Debian's Python 3.11 HTML manual.
+"""How fast is a whole corpus build, and how does it speed up from 1 to 2 MPI ranks?
 
-    python bench/pipeline.py [--ranks 1 2] [--extractors trafilatura resiliparse] [--warc-files 16]
-                             [--json bench/results/pipeline-DATE.json]
+    python -m bench.pipeline [--ranks 1 2] [--extractors trafilatura resiliparse] [--warc-files 16]
+                             [--baseline CHECKOUT] [--json bench/results/pipeline-DATE.json]
 
+Whole corpus build throughput, 1 against 2 MPI ranks, on Debian's Python 3.11 HTML manual.
 Input: the HTML pages of the `python3.11-doc` package (about 530 pages, 50 MB), installed here
 with apt-get when missing (needs root and the Debian mirror). Each run is
 `mpiexec -n K python -m pipelines.build --input PAGES --tokenizer TOK --workers 1` (one process
@@ -15,21 +16,19 @@ the same manifest. With --warc-files N the pages are first written into N gzippe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.process_memory import run_measured  # noqa: E402
-from bench.report import save_results  # noqa: E402
-from megagpt.tokenizer import Tokenizer  # noqa: E402
+from bench import harness
+from bench._process_memory import run_measured
+from bench.harness import ROOT
+from megagpt.formats.tokenizer import Tokenizer
 
 DOCS = Path("/usr/share/doc/python3.11/html")
 
@@ -41,7 +40,7 @@ def ensure_docs() -> list[Path]:
             subprocess.run(["apt-get", "update", "-qq"], check=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", "python3.11-doc"], check=True)
         except (OSError, subprocess.CalledProcessError) as err:
-            sys.exit(f"bench/pipeline.py: cannot install python3.11-doc ({err}); run as root with a Debian "
+            sys.exit(f"bench.pipeline: cannot install python3.11-doc ({err}); run as root with a Debian "
                      "mirror, or install it yourself: apt-get install python3.11-doc")
     return sorted(DOCS.rglob("*.html"))  # the HTML pages only, not the reST sources beside them
 
@@ -82,48 +81,70 @@ def build(ranks: int, inputs: list[Path], out: Path, tokenizer: Path, extractor:
             "stages": manifest["stages"]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--extractors", nargs="+", default=["trafilatura", "resiliparse"])
-    parser.add_argument("--warc-files", type=int, default=0, help="read the pages from this many WARC files")
-    parser.add_argument("--baseline", type=Path,
-                        help="also run the trafilatura builds with this earlier checkout, after ours")
-    parser.add_argument("--json", default=str(ROOT / f"bench/results/pipeline-{date.today()}.json"))
-    args = parser.parse_args()
-    pages = ensure_docs()
-    megabytes = sum(p.stat().st_size for p in pages) / 1e6
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+def builds_of(args, pages: list[Path], megabytes: float, env: dict[str, str]) -> list[dict]:
+    """Every timed build: each extractor (and the baseline) at each rank count."""
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         truth = json.loads((ROOT / "data/sample/ground-truth.json").read_text())
         tok = Tokenizer.train([p["articleBody"] for p in truth.values()], Path(tmp) / "tok.model", 8192)
         inputs = write_warcs(pages, Path(tmp), args.warc_files) if args.warc_files else pages
-        kind = f"{args.warc_files} WARC files" if args.warc_files else "HTML files"
         builds = [(e, e, ROOT) for e in args.extractors]
         if args.baseline:
             builds.append(("baseline", "trafilatura", args.baseline.resolve()))
         for label, extractor, checkout in builds:
             for ranks in args.ranks:
                 print(f"{label}: mpiexec -n {ranks} python -m pipelines.build --extractor {extractor} "
-                      f"({len(pages)} pages in {kind}, {megabytes:.1f} MB)", flush=True)
+                      f"({len(pages)} pages in {input_kind(args)}, {megabytes:.1f} MB)", flush=True)
                 run = build(ranks, inputs, Path(tmp) / "out", tok.path, extractor, env, checkout)
-                runs.append({"extractor": label, "ranks": ranks, **run,
-                             "mb_per_s": megabytes / run["seconds"]})
-    print(f"{'extractor':<13}{'ranks':>5}{'seconds':>9}{'MB/s':>7}{'MB/s/core':>10}{'speed-up':>9}"
-          f"{'CPU s':>8}{'documents':>10}  peak RSS MiB a rank")
-    same = True
+                rate = megabytes / run["seconds"]
+                runs.append({"extractor": label, "ranks": ranks, **run, "mb_per_s": rate})
+    return runs
+
+
+def input_kind(args) -> str:
+    return f"{args.warc_files} WARC files" if args.warc_files else "HTML files"
+
+
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds pages, megabytes and runs (one a build)."""
+    runs, same = figures["runs"], True
+    table = harness.Table(["extractor", "ranks", "seconds", "MB/s", "MB/s/core", "speed-up", "CPU s",
+                           "documents", "peak RSS MiB a rank"])
     for r in runs:
         first = next(f for f in runs if f["extractor"] == r["extractor"])
         same &= r["stages"] == first["stages"] and r["tokens"] == first["tokens"]
         r["speedup"] = first["seconds"] / r["seconds"]
-        print(f"{r['extractor']:<13}{r['ranks']:>5}{r['seconds']:>9.1f}{r['mb_per_s']:>7.2f}"
-              f"{r['mb_per_s'] / r['ranks']:>10.2f}{r['speedup']:>8.2f}x{r['cpu_seconds']:>8.1f}"
-              f"{r['documents']:>10}  {' '.join(f'{m:.0f}' for m in r['peak_rss_mib'])}")
-    print(f"same manifest for every rank count: {same}")
-    save_results(args.json, {"input": str(DOCS), "format": kind, "pages": len(pages), "megabytes": megabytes,
-                             "runs": runs, "same_output": same})
+        rss = " ".join(f"{m:.0f}" for m in r.get("peak_rss_mib", []))
+        table.add(r["extractor"], r["ranks"], round(r["seconds"], 1), round(r["mb_per_s"], 2),
+                  round(r["mb_per_s"] / r["ranks"], 2), f"{r['speedup']:.2f}x",
+                  None if r.get("cpu_seconds") is None else round(r["cpu_seconds"], 1), r["documents"], rss)
+    figures["same_output"] = same
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="the first rank count of the same extractor, in the same run (speed-up); with --baseline, "
+                  "an earlier checkout's trafilatura builds",
+        goal=harness.Goal("every rank count of an extractor writes the same manifest", same))
+
+
+def main() -> None:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--extractors", nargs="+", default=["trafilatura", "resiliparse"])
+    parser.add_argument("--warc-files", type=int, default=0, help="read the pages from this many WARC files")
+    parser.add_argument("--baseline", type=Path,
+                        help="also run the trafilatura builds with this earlier checkout, after ours")
+    args = parser.parse_args()
+    pages = ensure_docs()
+    megabytes = sum(p.stat().st_size for p in pages) / 1e6
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    runs = builds_of(args, pages, megabytes, env)
+    settings = {"input": str(DOCS), "format": input_kind(args), "ranks": args.ranks,
+                "extractors": args.extractors, "baseline": str(args.baseline) if args.baseline else None,
+                "workers_a_rank": 1}
+    figures = {"pages": len(pages), "megabytes": megabytes, "runs": runs}
+    harness.report("pipeline", summarize(settings, figures), args.json,
+                   label="warc" if args.warc_files else "")
 
 
 if __name__ == "__main__":

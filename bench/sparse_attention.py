@@ -1,39 +1,40 @@
-"""GPT-3's banded attention layer against dense causal attention: forward + backward time and memory.
+"""How do GPT-3's banded attention layer's time and memory compare with dense causal attention?
 
-    python bench/sparse_attention.py [--contexts 1024 2048 4096] [--window 256] [--device cuda]
+    python -m bench.sparse_attention [--contexts 1024 2048 4096] [--window 256] [--device cuda]
 
 One attention call of GPT-2 small's shape (12 heads of 64, batch 1) at each context length, timed
 forward + backward for: `dense` (SDPA, causal: megagpt's dense layers), `banded` (what
-megagpt.attention.banded_attention runs on this device: the blocked kernel on a CPU,
+megagpt.model.attention.banded_attention runs on this device: the blocked kernel on a CPU,
 FlexAttention on a GPU) and `masked_sdpa` (one SDPA call with a full T x T banded mask, the
 obvious alternative); on a GPU also `blocked` (the kernel training with attention dropout uses
 there). The machine may be shared, so the kernels run alternately, repeat after repeat, and the
 median of each is compared: ratios are measured side by side. Peak memory is what one forward +
 backward adds: the accelerator's allocator peak on a GPU; on a CPU the peak resident memory of a
-fresh process running it once (the allocator there keeps no statistics). Saved memory is what the
-forward keeps for backward, which a layer holds through a training step. Writes JSON to
-bench/results/sparse_attention-<date>[-device].json and prints a table.
+fresh process (python -m bench.sparse_attention --memory-child) running it once (the allocator
+there keeps no statistics). Saved memory is what the forward keeps for backward, which a layer
+holds through a training step. Writes JSON to bench/results/sparse_attention-DATE[-DEVICE].json
+and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megagpt.attention import banded_attention, banded_mask, blocked_banded_attention  # noqa: E402
+from bench import harness
+from bench.harness import ROOT
+from megagpt.model.attention import banded_attention, banded_mask, blocked_banded_attention
 
 HEADS, HEAD_SIZE, BATCH = 12, 64, 1  # GPT-2 small's attention
 
@@ -109,8 +110,8 @@ def memory_child(name: str, T: int, window: int) -> None:
 
 def peak_memory_mib(name: str, T: int, window: int, device: str, dtype: torch.dtype) -> float:
     if device == "cpu":
-        out = subprocess.run([sys.executable, __file__, "--memory-child", name, str(T), str(window)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, "-m", "bench.sparse_attention", "--memory-child", name, str(T),
+                              str(window)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])["peak_mib"]
     from deepspeed.accelerator import get_accelerator
 
@@ -127,13 +128,55 @@ def peak_memory_mib(name: str, T: int, window: int, device: str, dtype: torch.dt
     return (accel.max_memory_allocated() - before) / 2**20
 
 
+def measure(contexts: list[int], window: int, device: str, dtype: torch.dtype, repeats: int) -> list[dict]:
+    """Each kernel's median forward + backward seconds, peak and saved memory, at each context."""
+    sync = getattr(torch.get_device_module(device), "synchronize", lambda: None) if device != "cpu" else (
+        lambda: None)
+    names = list(kernels(window, device))
+    rows = []
+    for T in contexts:
+        q, k, v = inputs(T, device, dtype)
+        fns = kernels(window, device)
+        for fn in fns.values():  # warm-up (and compilation, on a GPU)
+            forward_backward(fn, q, k, v, sync)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(repeats):  # alternate, so load from others falls on every kernel alike
+            for name in names:
+                times[name].append(forward_backward(fns[name], q, k, v, sync))
+        for name in names:
+            rows.append({
+                "context": T, "window": window, "kernel": name,
+                "seconds": statistics.median(times[name]), "all_seconds": times[name],
+                "peak_mib": peak_memory_mib(name, T, window, device, dtype),
+                "saved_mib": saved_mib(fns[name], q, k, v),
+            })
+    return rows
+
+
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds results (one a context and kernel)."""
+    rows = figures["results"]
+    dense = {r["context"]: r for r in rows if r["kernel"] == "dense"}
+    table = harness.Table(["context", "kernel", "ms", "speed-up", "peak MiB", "peak vs dense", "saved MiB",
+                           "saved vs dense"])
+    for r in rows:
+        r["speedup_vs_dense"] = dense[r["context"]]["seconds"] / r["seconds"]
+        r["memory_vs_dense"] = r["peak_mib"] / dense[r["context"]]["peak_mib"]
+        r["saved_vs_dense"] = r["saved_mib"] / dense[r["context"]]["saved_mib"]
+        table.add(r["context"], r["kernel"], round(r["seconds"] * 1e3, 1), f"{r['speedup_vs_dense']:.2f}x",
+                  round(r["peak_mib"], 1), f"{r['memory_vs_dense']:.2f}x", round(r["saved_mib"], 1),
+                  f"{r['saved_vs_dense']:.2f}x")
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="dense causal SDPA on the same inputs, alternating with the others in the same run")
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__)
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (bf16 there, fp32 on the CPU)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", default=None)
     p.add_argument("--memory-child", nargs=3, metavar=("KERNEL", "T", "WINDOW"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -141,48 +184,12 @@ def main() -> None:
         return memory_child(name, int(T), int(window))
     device = args.device
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    sync = getattr(torch.get_device_module(device), "synchronize", lambda: None) if device != "cpu" else (
-        lambda: None)
-    names = list(kernels(args.window, device))
-    rows = []
-    for T in args.contexts:
-        q, k, v = inputs(T, device, dtype)
-        fns = kernels(args.window, device)
-        for fn in fns.values():  # warm-up (and compilation, on a GPU)
-            forward_backward(fn, q, k, v, sync)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(args.repeats):  # alternate, so load from others falls on every kernel alike
-            for name in names:
-                times[name].append(forward_backward(fns[name], q, k, v, sync))
-        for name in names:
-            rows.append({
-                "context": T, "window": args.window, "kernel": name,
-                "seconds": statistics.median(times[name]), "all_seconds": times[name],
-                "peak_mib": peak_memory_mib(name, T, args.window, device, dtype),
-                "saved_mib": saved_mib(fns[name], q, k, v),
-            })
-    dense = {r["context"]: r for r in rows if r["kernel"] == "dense"}
-    for r in rows:
-        r["speedup_vs_dense"] = dense[r["context"]]["seconds"] / r["seconds"]
-        r["memory_vs_dense"] = r["peak_mib"] / dense[r["context"]]["peak_mib"]
-        r["saved_vs_dense"] = r["saved_mib"] / dense[r["context"]]["saved_mib"]
-    print(f"attention forward + backward, batch {BATCH} x {HEADS} heads x {HEAD_SIZE}, window "
-          f"{args.window}, {device} {str(dtype).removeprefix('torch.')}, median of {args.repeats}")
-    print(f"{'context':>8} {'kernel':<12} {'ms':>9} {'speed-up':>9} {'peak MiB':>9} {'vs dense':>9}"
-          f" {'saved MiB':>10} {'vs dense':>9}")
-    for r in rows:
-        print(f"{r['context']:>8} {r['kernel']:<12} {r['seconds'] * 1e3:>9.1f} "
-              f"{r['speedup_vs_dense']:>8.2f}x {r['peak_mib']:>9.1f} {r['memory_vs_dense']:>8.2f}x"
-              f" {r['saved_mib']:>10.1f} {r['saved_vs_dense']:>8.2f}x")
-    out = Path(args.json or f"bench/results/sparse_attention-{date.today()}"
-               f"{'' if device == 'cpu' else '-' + device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "device": device, "dtype": str(dtype), "torch": torch.__version__, "machine": platform.processor()
-        or platform.machine(), "threads": torch.get_num_threads(), "batch": BATCH, "heads": HEADS,
-        "head_size": HEAD_SIZE, "repeats": args.repeats, "results": rows,
-    }, indent=1))
-    print(f"wrote {out}")
+    settings = {"device": device, "dtype": str(dtype), "threads": torch.get_num_threads(), "batch": BATCH,
+                "heads": HEADS, "head_size": HEAD_SIZE, "window": args.window, "contexts": args.contexts,
+                "repeats": args.repeats}
+    figures = {"results": measure(args.contexts, args.window, device, dtype, args.repeats)}
+    harness.report("sparse_attention", summarize(settings, figures), args.json,
+                   label="" if device == "cpu" else device)
 
 
 if __name__ == "__main__":

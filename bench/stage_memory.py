@@ -1,7 +1,8 @@
-"""Model-state memory per rank of pipeline stages, ZeRO-1 against ZeRO-3 (parallel/stage_pipeline.py).
+"""How much model-state memory does each rank of pipeline stages hold, ZeRO-1 against ZeRO-3?
 
-    deepspeed --num_gpus 4 bench/stage_memory.py            # pp2 x dp2, ~1 min on a 2-core CPU
+    deepspeed --num_gpus 4 --module bench.stage_memory [--json FILE]   # pp2 x dp2, ~1 min on a 2-core CPU
 
+Model-state memory per rank of pipeline stages (parallel/stage_pipeline.py).
 Builds train.py's engine for pp2 x dp2 at each ZeRO stage on a small GPT (4 layers, 256 wide, so
 that most matrices are above ZeRO-3's persistence threshold of 1e5 elements and get partitioned),
 runs two optimizer steps, and counts the bytes of the storages each rank holds: weights (ZeRO-3:
@@ -12,21 +13,18 @@ bench/results/stage_memory-DATE.json and a table, with the planner's estimate (L
 
 from __future__ import annotations
 
-import json
-import sys
-from datetime import date
-from pathlib import Path
+import argparse
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from megagpt.config import load_config  # noqa: E402
-from megagpt.engine import build_engine, init_distributed, leave_distributed  # noqa: E402
-from megagpt.parallel.layout import plan_layout  # noqa: E402
-from megagpt.parallel.topology import Topology  # noqa: E402
-from megagpt.sizing import FP32_ADAM, model_state_bytes, stage_parameters  # noqa: E402
+from bench import harness
+from megagpt.config import load_config
+from megagpt.parallel.layout import plan_layout
+from megagpt.parallel.topology import Topology
+from megagpt.sizing.parameters import FP32_ADAM, model_state_bytes, stage_parameters
+from megagpt.training.engine import build_engine, init_distributed, leave_distributed
 
 MODEL = ["model.n_layer=4", "model.n_embd=256", "model.n_head=4", "model.block_size=64",
          "train.micro_batch_size=2", "train.grad_accum=2", "parallel.pp=2"]
@@ -82,7 +80,22 @@ def measure(zero: int) -> dict:
                                                    layout.dp, zero, FP32_ADAM))}
 
 
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds per_rank (bytes of each kind, each rank and stage)."""
+    table = harness.Table(["zero", "rank", "stage", "weights KiB", "grads KiB", "master KiB", "adam KiB",
+                           "total KiB", "planner KiB"])
+    for r in figures["per_rank"]:
+        table.add(r["zero"], r["rank"], r["stage"], *(round(r[k] / 1024) for k in (
+            "weights", "grads", "fp32_master", "adam", "total", "planner_bytes")))
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="megagpt's planner estimate of the same layout (sizing.parameters.model_state_bytes)")
+
+
 def main() -> None:
+    p = harness.parser(__doc__)
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    args = p.parse_args()
     init_distributed()
     rows = []
     for zero in (1, 3):
@@ -92,17 +105,10 @@ def main() -> None:
         dist.all_gather_object(gathered, mine)
         rows += gathered
     if dist.get_rank() == 0:
-        out = ROOT / "bench" / "results" / f"stage_memory-{date.today()}.json"
-        out.write_text(json.dumps({"layout": "pp2 x dp2", "model": MODEL, "per_rank": rows}, indent=1) + "\n")
-        print(f"{'zero':>4} {'rank':>4} {'stage':>5} {'weights':>9} {'grads':>9} {'master':>9} {'adam':>9} "
-              f"{'total KiB':>9} {'planner':>9}")
-        for r in rows:
-            print(f"{r['zero']:>4} {r['rank']:>4} {r['stage']:>5} " + " ".join(
-                f"{r[k] / 1024:>9.0f}" for k in ("weights", "grads", "fp32_master", "adam", "total",
-                                                 "planner_bytes")))
         for zero in (1, 3):
             print(f"planner, zero {zero}: " + next(r["planner"] for r in rows if r["zero"] == zero))
-        print(f"wrote {out}")
+        settings = {"layout": "pp2 x dp2", "model": MODEL, "zero_stages": [1, 3], "steps": 2}
+        harness.report("stage_memory", summarize(settings, {"per_rank": rows}), args.json)
     dist.barrier()
     leave_distributed()
 

@@ -1,6 +1,6 @@
-"""Training-step time of megagpt's GPT against transformers' GPT2LMHeadModel of the same shape.
+"""How fast is megagpt's training step against transformers' GPT2LMHeadModel of the same shape?
 
-    python bench/step_vs_hf.py [--steps 20] [--json bench/results/step_vs_hf.json]
+    python -m bench.step_vs_hf [--steps 20] [--vocab 50257] [--json bench/results/step_vs_hf-DATE.json]
 
 One forward + backward + AdamW step (torch.optim.AdamW, fp32, the same batch) per iteration;
 the two models alternate within one run so that machine noise hits both alike. Reports the
@@ -9,20 +9,15 @@ median step time of each and the ratio HF / megagpt (above 1: megagpt is faster)
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
-import sys
 import time
-from datetime import date
-from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megagpt.config import ModelConfig  # noqa: E402
-from megagpt.model import GPT  # noqa: E402
+from bench import harness
+from megagpt.config import ModelConfig
+from megagpt.model.gpt import GPT
 
 # gpt2-small's layout (pre-LN, GELU, tied embeddings, 50257 vocab) at sizes a CPU steps in seconds.
 SHAPES = [
@@ -77,23 +72,29 @@ def bench(shape: dict, steps: int, vocab: int) -> dict:
                 speedup=hf_s / ours_s)
 
 
+def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Result:
+    """The harness result of a run: `figures` holds results (one a shape)."""
+    table = harness.Table(["shape (L/H/C/T x B)", "params M", "megagpt ms", "HF ms", "HF/megagpt"])
+    for r in figures["results"]:
+        shape = f"{r['n_layer']}/{r['n_head']}/{r['n_embd']}/{r['block_size']} x {r['batch']}"
+        table.add(shape, round(r["params"] / 1e6, 1), round(r["megagpt_s"] * 1e3, 1),
+                  round(r["hf_s"] * 1e3, 1), f"{r['speedup']:.2f}x")
+    return harness.Result(
+        question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
+        reference="transformers' GPT2LMHeadModel of the same shape and weights, alternating in the same run",
+        goal=harness.Goal("megagpt's step faster than HF's at every shape",
+                          all(r["speedup"] > 1 for r in figures["results"])))
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.parser(__doc__)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--vocab", type=int, default=50257)
-    p.add_argument("--json", default=f"bench/results/step_vs_hf-{date.today()}.json")
     args = p.parse_args()
-    results = [bench(s, args.steps, args.vocab) for s in SHAPES]
-    out = {"bench": "step_vs_hf", "date": str(date.today()), "device": platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"{'shape (L/H/C/T x B)':<24}{'params':>10}{'megagpt ms':>12}{'HF ms':>10}{'HF/megagpt':>12}")
-    for r in results:
-        shape = f"{r['n_layer']}/{r['n_head']}/{r['n_embd']}/{r['block_size']} x {r['batch']}"
-        print(f"{shape:<24}{r['params'] / 1e6:>9.1f}M{r['megagpt_s'] * 1e3:>12.1f}{r['hf_s'] * 1e3:>10.1f}"
-              f"{r['speedup']:>11.2f}x")
-    print(f"results: {args.json}")
+    settings = {"steps": args.steps, "vocab": args.vocab, "threads": torch.get_num_threads(), "device": "cpu",
+                "optimizer": "torch.optim.AdamW, fp32"}
+    figures = {"results": [bench(s, args.steps, args.vocab) for s in SHAPES]}
+    harness.report("step_vs_hf", summarize(settings, figures), args.json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""bench/gpu_train.py (./launch.sh gpu-check) runs every part end to end at toy shapes on this CPU, so
+"""python -m bench.gpu_train (./launch.sh gpu-check) runs every part end to end at toy shapes on this CPU, so
 it is ready for a GPU machine; a part that fails or outruns its budget is recorded, not fatal."""
 
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.gpu_train import Figures
+from bench.gpu.measure import Figures
 from tests.train.conftest import ROOT
 
 
@@ -16,10 +16,10 @@ def gpu_check(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     """A --smoke run on DeepSpeed's CPU accelerator, a GPU host's included (its figures are checked
     as a CPU's: fp32, no peak memory)."""
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "bench/gpu_train.py", "--smoke", "--json", str(out), *args],
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_train", "--smoke", "--json", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "DS_ACCELERATOR": "cpu"})
-    return proc, json.loads(out.read_text())
+    return proc, json.loads(out.read_text())["figures"]  # the bench harness's record: figures.parts
 
 
 @pytest.mark.slow
