@@ -123,8 +123,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from megagpt.config import load_config
-    from megagpt.parallel.layout import plan_layout
     from megagpt.parallel.topology import Topology
+    from megagpt.sizing.layout_rules import plan_layout
     from megagpt.training.engine import build_engine, init_distributed, leave_distributed
 
     init_distributed()

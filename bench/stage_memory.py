@@ -8,7 +8,7 @@ that most matrices are above ZeRO-3's persistence threshold of 1e5 elements and 
 runs two optimizer steps, and counts the bytes of the storages each rank holds: weights (ZeRO-3:
 its partitions plus the small parameters it keeps whole), gradients (the most held after any
 micro-batch's backward), fp32 master weights and Adam's two moments. Results:
-bench/results/stage_memory-DATE.json and a table, with the planner's estimate (Layout.describe).
+bench/results/stage_memory-DATE.json and a table, with the planner's estimate (describe_layout).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from bench import harness
 from megagpt.config import load_config
-from megagpt.parallel.layout import plan_layout
 from megagpt.parallel.topology import Topology
+from megagpt.sizing.layout_rules import describe_layout, plan_layout
 from megagpt.sizing.parameters import FP32_ADAM, model_state_bytes, stage_parameters
 from megagpt.training.engine import build_engine, init_distributed, leave_distributed
 
@@ -75,7 +75,7 @@ def measure(zero: int) -> dict:
     adam = [t for state in opt.optimizer.state.values() for k, t in state.items() if k != "step"]
     return {"rank": dist.get_rank(), "stage": topo.pp_rank, "dp_rank": topo.dp_rank, "zero": zero,
             "weights": weights, "grads": peak["grads"], "fp32_master": tensor_bytes(masters),
-            "adam": tensor_bytes(adam), "planner": layout.describe(cfg, on_gpu=False),
+            "adam": tensor_bytes(adam), "planner": describe_layout(layout, cfg, on_gpu=False),
             "planner_bytes": sum(model_state_bytes(stage_parameters(cfg.model, layout.pp, layout.tp),
                                                    layout.dp, zero, FP32_ADAM))}
 
