@@ -199,6 +199,13 @@ class ParallelConfig:
     # GPU, off on a CPU (there compiled blocks measured 0.93x eager, after a 20 s compile).
     compile: Literal["auto", True, False] = "auto"
     ds_config: str = "ds_config.json"
+    # ZeRO-Offload / ZeRO-Infinity (docs/offload.md): where the fp32 optimizer state (and its step)
+    # and the parameters live when the devices cannot hold them: host memory (cpu) or files (nvme).
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_params: Literal["none", "cpu", "nvme"] = "none"
+    # the nvme folder; "": node-local scratch ($SLURM_TMPDIR, else $TMPDIR)/megagpt-offload, or
+    # <log.dir>/offload where neither is set
+    offload_path: str = ""
 
 
 @dataclass
@@ -222,6 +229,55 @@ class FaultConfig:
     # A collective that waits longer than this ends the run with an error instead of a silent hang
     # (a rank that died without closing its connections, or hangs). Above the slowest checkpoint save.
     collective_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: [low, high], or (low, ...) with low_open; NaN never."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    why: str = ""  # appended to the refusal: what the bounds mean
+
+    def holds(self, value: float) -> bool:
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return "positive" if self.low == 0 and self.low_open else "0 or positive"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+POSITIVE = Range(0, low_open=True)
+NOT_NEGATIVE = Range(0)
+# Every numeric key of the run config and the values it may take, checked in one place before any
+# compute (a NaN fails every range).
+RANGES: dict[str, Range] = {
+    "model.dropout": Range(0, 1, why=" (a probability)"),
+    "train.max_steps": POSITIVE,
+    "train.seed": NOT_NEGATIVE,
+    "train.lr": POSITIVE,
+    "train.min_lr_ratio": Range(0, 1, why=" (the cosine ends at lr x min_lr_ratio: above 1 the lr rises)"),
+    "train.warmup_steps": NOT_NEGATIVE,
+    "train.weight_decay": NOT_NEGATIVE,
+    "train.grad_clip": Range(0, why=" (the largest gradient norm kept; 0 turns clipping off)"),
+    "train.micro_batch_size": POSITIVE,
+    "train.grad_accum": POSITIVE,
+    "parallel.tp": POSITIVE,
+    "parallel.pp": POSITIVE,
+    "parallel.activation_checkpoint": Range(0, why=" (blocks per recomputed chunk; 0 off)"),
+    "log.interval": POSITIVE,
+    "checkpoint.interval": Range(0, why=" (steps between checkpoints; 0 saves only at the end)"),
+    "checkpoint.keep_last": Range(0, why=" (0 keeps all)"),
+    "fault.collective_timeout_s": POSITIVE,
+    "eval.interval": Range(0, why=" (steps between evaluations; 0 only at the end)"),
+    "eval.batches": POSITIVE,
+    "eval.task_limit": Range(0, why=" (0: all)"),
+    "sample.max_new_tokens": Range(0, why=" (0 turns sampling off)"),
+    "sample.temperature": Range(0, why=" (0 is greedy)"),
+    "sample.top_k": Range(0, why=" (0: no limit)"),
+}
 
 
 EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.tasks.evaluate's tasks
@@ -257,48 +313,22 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def __post_init__(self) -> None:
-        positive = {
-            "train.max_steps": self.train.max_steps,
-            "train.micro_batch_size": self.train.micro_batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "log.interval": self.log.interval,
-            "eval.batches": self.eval.batches,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
-        if not 0 <= self.train.warmup_steps <= self.train.max_steps:
+        for key, allowed in RANGES.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if not allowed.holds(value):
+                raise ConfigError(f"{key} must be {allowed}, got {value}{allowed.why}")
+        if not self.train.warmup_steps <= self.train.max_steps:
             raise ConfigError(
                 f"train.warmup_steps={self.train.warmup_steps} must lie in [0, train.max_steps="
                 f"{self.train.max_steps}]"
             )
-        if self.checkpoint.keep_last < 0:
-            raise ConfigError(
-                f"checkpoint.keep_last must be 0 (keep all) or a positive count, "
-                f"got {self.checkpoint.keep_last}"
-            )
-        if self.fault.collective_timeout_s <= 0:
-            raise ConfigError(
-                f"fault.collective_timeout_s must be positive, got {self.fault.collective_timeout_s}"
-            )
-        if self.train.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.train.lr}")
-        sampling = {"sample.max_new_tokens": self.sample.max_new_tokens,
-                    "sample.temperature": self.sample.temperature, "sample.top_k": self.sample.top_k}
-        for key, value in sampling.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be 0 or positive, got {value} (0 turns it off; "
-                                  "temperature 0 is greedy)")
         for task in self.eval.tasks:
             name, _, path = task.partition(":")
             if name not in EVAL_TASKS or name == "choice" and not path:
                 raise ConfigError(f"eval.tasks entry {task!r}: use one of {', '.join(EVAL_TASKS)}, "
                                   "optionally NAME:FILE (choice needs its JSONL file)")
-        if self.eval.task_limit < 0:
-            raise ConfigError(f"eval.task_limit must be 0 (all) or positive, got {self.eval.task_limit}")
-        for key in ("tp", "pp"):
-            if getattr(self.parallel, key) <= 0:
-                raise ConfigError(f"parallel.{key} must be positive, got {getattr(self.parallel, key)}")
+        _check_offload(self.parallel)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -384,20 +414,13 @@ def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{key}={value!r} in {where}: choose one of {typing.get_args(hint)}")
         return value
     if origin in (list, types.GenericAlias) or hint is list:
-        if not isinstance(value, list):
-            value = [value]
         (item_type,) = typing.get_args(hint) or (Any,)
-        return [_coerce(item_type, v, key, where) for v in value]
-    if hint is float and not isinstance(value, bool):
-        try:  # YAML reads 3e-4 (no dot) as a string
-            number = float(value)
-        except (TypeError, ValueError):
-            pass
-        else:
-            # float() also reads "nan" and "inf", which no setting means and which fail late, in torch.
-            if not math.isfinite(number):
-                raise ConfigError(f"{key}={value!r} in {where} is not a finite number; give a real value")
-            return number
+        return [_coerce(item_type, v, key, where) for v in (value if isinstance(value, list) else [value])]
+    if hint is float and not isinstance(value, bool) and (number := _number(value)) is not None:
+        # float() also reads "nan" and "inf", which no setting means and which fail late, in torch.
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} in {where} is not a finite number; give a real value")
+        return number
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint is Any or isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
@@ -407,9 +430,38 @@ def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
         f"got {type(value).__name__}"
     )
 
+
+def _number(value: Any) -> float | None:
+    """`value` as a float, or None; YAML reads 3e-4 (no dot) as a string."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def uses_bf16(precision: str, on_gpu: bool) -> bool:
     """Whether a run of train.precision=`precision` trains in bf16 mixed precision here."""
     if precision == "bf16" and not on_gpu:
         raise ConfigError("train.precision=bf16 on a CPU: megagpt trains in bf16 on GPUs only; use "
                           "train.precision=auto (fp32 here) or fp32")
     return precision == "bf16" or precision == "auto" and on_gpu
+
+
+def _check_offload(p: ParallelConfig) -> None:
+    asked = {f"parallel.{key}": getattr(p, key) for key in ("offload_optimizer", "offload_params")
+             if getattr(p, key) != "none"}
+    if not asked:
+        return
+    what = ", ".join(f"{k}={v}" for k, v in asked.items())
+    if p.zero_stage not in ("auto", 3):
+        raise ConfigError(f"{what} with parallel.zero_stage={p.zero_stage}: megagpt offloads with ZeRO-3 "
+                          "(the stage that partitions and streams parameters); set parallel.zero_stage=3 "
+                          "or auto")
+    if p.pp > 1:
+        raise ConfigError(
+            f"{what} with parallel.pp={p.pp}: offload is not supported inside megagpt's pipeline stages "
+            "(its 1F1B schedule runs the next micro-batch's forward before the last one's backward, so "
+            "a stage would swap the same parameters in and out of memory or disk twice a step, and that "
+            "path is untested); offload exists to fit a model on fewer devices: use parallel.pp=1 with "
+            "dp x tp"
+        )

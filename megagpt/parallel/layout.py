@@ -15,7 +15,8 @@ from typing import Any
 @dataclass(frozen=True)
 class Layout:
     """How a run's processes share the work: world = dp x pp x tp, ZeRO over dp, activation
-    checkpointing every `activation_checkpoint` blocks (0: none), `micro_batch` sequences a rank."""
+    checkpointing every `activation_checkpoint` blocks (0: none), `micro_batch` sequences a rank,
+    and where ZeRO-3 keeps the optimizer state and the parameters (device, cpu or nvme)."""
 
     dp: int
     pp: int = 1
@@ -23,6 +24,8 @@ class Layout:
     zero_stage: int = 0
     activation_checkpoint: int = 0
     micro_batch: int = 1
+    offload_optimizer: str = "none"  # ZeRO-Offload / -Infinity: "none", "cpu" or "nvme"
+    offload_params: str = "none"
 
     @property
     def world(self) -> int:
@@ -42,8 +45,14 @@ class Layout:
         return cls(**{k: v for k, v in saved.items() if k != "world"})
 
     def __str__(self) -> str:
+        offload = "".join(f" offload_{what}={where}" for what, where in self.offloads().items())
         return (f"dp{self.dp} pp{self.pp} tp{self.tp} zero{self.zero_stage} "
-                f"ac={self.activation_checkpoint} micro={self.micro_batch}")
+                f"ac={self.activation_checkpoint} micro={self.micro_batch}{offload}")
+
+    def offloads(self) -> dict[str, str]:
+        """What is offloaded where: {"optimizer": "nvme", ...}, empty without offload."""
+        chosen = {"optimizer": self.offload_optimizer, "params": self.offload_params}
+        return {what: where for what, where in chosen.items() if where != "none"}
 
 
 

@@ -5,7 +5,7 @@ DeepSpeed's PipelineEngine refuses ZeRO-2/3. Here DeepSpeed sees no pipeline at 
 plain module (`StageGPT`) in a plain `DeepSpeedEngine` (ZeRO 0-3 over the stage's dp group, the
 `mpu` being the run's grid), and `PipelineStage` runs the micro-batches through the stages,
 sending activations forward and their gradients backward between neighbouring stages with
-point-to-point messages. What that takes (issue 17's traps, each fixed where it is marked):
+point-to-point messages. What that takes (the traps, each fixed where it is marked):
 
 (a) ZeRO-3's parameter coordinator checks its recorded trace with broadcasts over the WORLD group;
     stages never enter that check together, so the first forward would hang. The check runs over

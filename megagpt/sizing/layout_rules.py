@@ -15,6 +15,22 @@ from megagpt.sizing.planner import Cluster, fastest_zero_stage
 def plan_layout(run: RunConfig, world: int, devices: Devices | None = None) -> Layout:
     """The layout `run` asks for on `world` processes (with zero_stage=auto, the planner's choice for
     `devices`), or a ConfigError saying why not and what would run."""
+    p = run.parallel
+    _check_split(run, world)
+    layout = Layout(dp=world // (p.tp * p.pp), pp=p.pp, tp=p.tp,
+                    zero_stage=0 if p.zero_stage == "auto" else p.zero_stage,
+                    activation_checkpoint=p.activation_checkpoint, micro_batch=run.train.micro_batch_size,
+                    offload_optimizer=p.offload_optimizer, offload_params=p.offload_params)
+    if p.zero_stage == "auto" and layout.offloads():
+        layout = replace(layout, zero_stage=3)  # offload streams ZeRO-3's partitions
+    elif p.zero_stage == "auto":
+        layout = replace(layout, zero_stage=auto_zero_stage(run, layout, devices))
+    _check_features(run, layout)
+    return layout
+
+
+def _check_split(run: RunConfig, world: int) -> None:
+    """Refuse a tp x pp that does not divide the world, the heads, the vocabulary or the blocks."""
     p, m = run.parallel, run.model
     tp, pp = p.tp, p.pp
     if world % (tp * pp):
@@ -42,12 +58,11 @@ def plan_layout(run: RunConfig, world: int, devices: Devices | None = None) -> L
             f"parallel.pp={pp} is more than model.n_layer={m.n_layer}: each pipeline stage needs a "
             f"transformer block; use pp <= {m.n_layer}"
         )
-    dp = world // (tp * pp)
-    layout = Layout(dp=dp, pp=pp, tp=tp, zero_stage=0 if p.zero_stage == "auto" else p.zero_stage,
-                    activation_checkpoint=p.activation_checkpoint, micro_batch=run.train.micro_batch_size)
-    if p.zero_stage == "auto":
-        layout = replace(layout, zero_stage=auto_zero_stage(run, layout, devices))
-    stage = layout.zero_stage
+
+
+def _check_features(run: RunConfig, layout: Layout) -> None:
+    """Refuse what this layout cannot combine with: compilation, evaluation tasks."""
+    p, pp, stage = run.parallel, layout.pp, layout.zero_stage
     if p.compile is True and (pp > 1 or stage == 3):
         raise ConfigError(
             f"parallel.compile=true with parallel.pp={pp} and zero stage {stage}: megagpt compiles the "
@@ -56,8 +71,6 @@ def plan_layout(run: RunConfig, world: int, devices: Devices | None = None) -> L
             "recompiles at every module until it gives up (measured with DeepSpeed 0.19.8); this "
             "runs: parallel.compile=true with pp=1 and parallel.zero_stage 0-2, or compile=auto"
         )
-    if p.activation_checkpoint < 0:
-        raise ConfigError(f"parallel.activation_checkpoint must be >= 0, got {p.activation_checkpoint}")
     if run.eval.tasks and pp > 1:
         raise ConfigError(
             f"eval.tasks={list(run.eval.tasks)} with parallel.pp={pp}: the tasks score whole-model "
@@ -65,7 +78,6 @@ def plan_layout(run: RunConfig, world: int, devices: Devices | None = None) -> L
             "training and `python -m megagpt.evaluate --checkpoint <checkpoint.dir>` on the saved "
             "checkpoint (it consolidates any layout), or pp=1"
         )
-    return layout
 
 
 @dataclass(frozen=True)
