@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -91,12 +92,22 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+_FIGURE = re.compile(r"[-+]?[\d,.]+(e[-+]?\d+)?\s*(x|%|s|ms|MiB|GiB)?|None|")
+
+
+def is_text(column: list[Any]) -> bool:
+    """A column of words (names, statuses, prose), not of figures (numbers, "1.2x", "+3.0%", "5 s")."""
+    return not all(not isinstance(v, str) or _FIGURE.fullmatch(v) for v in column)
+
+
 def print_table(table: Table, out=sys.stdout) -> None:
+    """`table` aligned: the first column and columns of words to the left, figures to the right."""
     cells = [table.columns] + [[format_cell(v) for v in row] for row in table.rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(table.columns))]
+    left = [i == 0 or is_text([row[i] for row in table.rows]) for i in range(len(table.columns))]
     for n, row in enumerate(cells):
-        first, rest = row[0].ljust(widths[0]), [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        print("  ".join([first, *rest]), file=out)
+        print("  ".join(c.ljust(w) if lj else c.rjust(w) for c, w, lj in zip(row, widths, left)).rstrip(),
+              file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)
 

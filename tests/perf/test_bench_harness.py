@@ -52,16 +52,16 @@ def test_no_bench_patches_sys_path():
 
 
 def test_print_table_aligns():
-    table = harness.Table(["name", "seconds", "count"])
-    table.add("a", 1.23456, 1234)
-    table.add("longer", 12345.6, None)
+    table = harness.Table(["name", "seconds", "count", "ratio", "status"])
+    table.add("a", 1.23456, 1234, "1.50x", "ok")
+    table.add("longer", 12345.6, None, "12.00x", "failed")
     out = io.StringIO()
     harness.print_table(table, out)
-    assert out.getvalue() == (
-        "name    seconds  count\n"
-        "------  -------  -----\n"
-        "a          1.23  1,234\n"
-        "longer   12,346   None\n"
+    assert out.getvalue() == (  # names and words to the left, figures to the right
+        "name    seconds  count   ratio  status\n"
+        "------  -------  -----  ------  ------\n"
+        "a          1.23  1,234   1.50x  ok\n"
+        "longer   12,346   None  12.00x  failed\n"
     )
 
 
