@@ -281,6 +281,12 @@ RANGES: dict[str, Range] = {
 
 
 EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.tasks.evaluate's tasks
+# The bundled test sets a task reads when eval.tasks names no file (choice has none).
+EVAL_DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
+EVAL_DEFAULT_FILES = {
+    "wikitext2": EVAL_DATA / "wikitext-2-raw" / "wiki.test.raw",
+    "lambada": EVAL_DATA / "lambada" / "lambada_test.jsonl",
+}
 
 
 @dataclass

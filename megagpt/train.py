@@ -54,7 +54,13 @@ from megagpt.training import preemption
 from megagpt.training.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
 from megagpt.training.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout
 from megagpt.training.metrics import MetricsWriter
-from megagpt.training.preflight import check_data, check_resumable, check_writable, resolve_resume
+from megagpt.training.preflight import (
+    check_data,
+    check_eval_tasks,
+    check_resumable,
+    check_writable,
+    resolve_resume,
+)
 
 log = logging.getLogger("megagpt.train")
 DIVERGED_EXIT_CODE = 1
@@ -179,11 +185,11 @@ class Trainer:
                 last = step == t.max_steps
                 if last or due(step, self.cfg.log.interval):
                     self.log_interval(step)
-                if last or due(step, self.cfg.eval.interval):
-                    self.evaluate(step)
                 stopping = not last and self.stop.agreed(self.engine.device)
                 if last or stopping or due(step, self.cfg.checkpoint.interval):
-                    self.save(step, stopping)
+                    self.save(step, stopping)  # before evaluating: an evaluation that fails loses no step
+                if last or due(step, self.cfg.eval.interval):
+                    self.evaluate(step)
                 if stopping:
                     return self.requeue(step)
                 if last:
@@ -307,6 +313,7 @@ def train(cfg: RunConfig) -> int:
     layout = run_layout(cfg)  # refuses an impossible layout before any compute
     log.info("layout: %s | %s", describe_layout(layout, cfg, not on_cpu()), get_accelerator().device_name())
     check_writable(cfg)
+    check_eval_tasks(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None
     if cfg.data.valid_path:

@@ -34,14 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from megagpt.config import EVAL_DEFAULT_FILES as DEFAULT_FILES
 from megagpt.config import EVAL_TASKS as TASKS
 from megagpt.formats.tokenizer import AnyTokenizer
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
-DEFAULT_FILES = {
-    "wikitext2": DATA / "wikitext-2-raw" / "wiki.test.raw",
-    "lambada": DATA / "lambada" / "lambada_test.jsonl",
-}
 # The bundled WikiText-2 test file (blank lines removed) and its published word-level token count.
 WIKITEXT2_TEST_SHA256 = "4f3e427e4aff23acff917a8a51aeae21bf12832256e26914c8fc250dcef4103c"
 WIKITEXT2_TEST_WORDS = 245_569

@@ -1,8 +1,9 @@
 """What a training run checks before any compute, so that it fails in seconds, not at the first save.
 
-Both folders writable; the validation shards tokenized like the training shards; the checkpoint to
-resume from intact (train.resume=auto falls back to the one before a damaged one) and of this
-model's shape and tokenizer; and no other run's checkpoints in checkpoint.dir for a fresh start.
+Both folders writable; every eval task's file there; the validation shards tokenized like the
+training shards; the checkpoint to resume from intact (train.resume=auto falls back to the one
+before a damaged one) and of this model's shape and tokenizer; and no other run's checkpoints in
+checkpoint.dir for a fresh start.
 Each check raises the same error on every rank (same config and files, or decided collectively).
 """
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 
 from megagpt import checkpoint
 from megagpt.checkpoint import DamagedCheckpoint
-from megagpt.config import ConfigError, ModelConfig, RunConfig
+from megagpt.config import EVAL_DATA, EVAL_DEFAULT_FILES, ConfigError, ModelConfig, RunConfig
 from megagpt.training.data import MixtureDataset, ShardDataset
 
 log = logging.getLogger("megagpt.train")
@@ -49,6 +50,26 @@ def check_writable(cfg: RunConfig) -> None:
         except OSError as e:
             problems.append(f"{key}={folder} is not writable ({e.strerror or e}): choose a folder you "
                             "can write to, or fix its permissions")
+    _refuse_on_all_ranks(problems)
+
+
+def check_eval_tasks(cfg: RunConfig) -> None:
+    """Refuse an eval.tasks entry whose file (its own, or the bundled default) is not there: found at
+    the final evaluation it would end the run after all its steps. Collective, like check_writable."""
+    problems = []
+    for task in cfg.eval.tasks:
+        name, _, path = task.partition(":")
+        file = Path(path) if path else EVAL_DEFAULT_FILES[name]
+        if not file.is_file():
+            what = "no such file" if not file.exists() else "not a file"
+            fix = (f"give a JSONL file that exists ({name}:FILE)" if path else
+                   f"the bundled {name} test set is missing: restore {EVAL_DATA} from the repository")
+            problems.append(f"eval.tasks entry {task!r}: {file} is {what}: {fix}, or remove the entry")
+    _refuse_on_all_ranks(problems)
+
+
+def _refuse_on_all_ranks(problems: list[str]) -> None:
+    """Raise ConfigError on every rank if any rank found a problem (a collective)."""
     shares: list[list[str] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shares, problems)
     problems = list(dict.fromkeys(p for share in shares for p in share))  # once, not once a rank
