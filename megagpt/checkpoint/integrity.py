@@ -11,7 +11,7 @@ from typing import Any
 import torch.distributed as dist
 import xxhash
 
-from megagpt.checkpoint.folders import DamagedCheckpoint, previous
+from megagpt.checkpoint.folders import TAG, DamagedCheckpoint, previous
 
 CHECKSUMS = "checksums.json"
 
@@ -53,9 +53,13 @@ def verify(path: Path, names: list[str] | None = None, rank: int = 0, world: int
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         before = previous(path)
-        fix = (f"the previous checkpoint is {before}: resume from it with train.resume={before} "
-               "(train.resume=auto falls back to it by itself)" if before is not None
-               else "no earlier checkpoint is in its folder: start again in a new log.dir")
+        if before is not None:
+            fix = (f"the previous checkpoint is {before}: resume from it with train.resume={before} "
+                   "(train.resume=auto falls back to it by itself)")
+        elif TAG.fullmatch(path.name):
+            fix = "no earlier checkpoint is in its folder: start again in a new log.dir"
+        else:  # a model folder (convert from-hf, finetune)
+            fix = "restore the folder from where it came, or write the model folder again"
         raise DamagedCheckpoint(f"checkpoint {path} is damaged: {problems[0]}{more}; {fix}")
 
 

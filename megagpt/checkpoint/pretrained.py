@@ -1,5 +1,9 @@
 """Model folders and reading weights out of checkpoints: what evaluation, generation, fine-tuning
-and export load."""
+and export load.
+
+Every reader checks what it reads against checksums.json first, the description as much as the
+weights: an edited model_config.json or a tokenizer swapped for another valid one would otherwise
+load and run, silently wrong."""
 
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ from megagpt.checkpoint.folders import CheckpointError, resolve
 from megagpt.checkpoint.integrity import verify, write_checksums
 from megagpt.checkpoint.sharded import STATES
 from megagpt.config import ModelConfig
-from megagpt.formats.tokenizer import AnyTokenizer, load_tokenizer
+from megagpt.formats.tokenizer import GPT2_FILES, SENTENCEPIECE_FILE, AnyTokenizer, load_tokenizer
 from megagpt.model.gpt import GPT
 
 MODEL_CONFIG = "model_config.json"
 WEIGHTS = "model.safetensors"
 METADATA = ".metadata"  # DCP's: which piece of which parameter is where
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, *GPT2_FILES, "vocab.json", "merges.txt")  # whichever are there
 
 
 def write_description(folder: Path, model_config: ModelConfig, tokenizer: AnyTokenizer) -> None:
@@ -54,10 +59,10 @@ def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Te
     is read from its pieces straight into its own tensor."""
     folder = resolve(checkpoint_folder)
     if (folder / WEIGHTS).is_file():
-        verify(folder, [WEIGHTS])
+        verify(folder)  # every file checksums.json lists: weights, model_config.json, tokenizer
         state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
     elif (folder / METADATA).is_file():
-        verify(folder, _weight_files(folder))
+        verify(folder)
         metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
         prefix = f"{STATES[0]}."
         state = {fqn.removeprefix(prefix): torch.empty(md.size, dtype=md.properties.dtype)
@@ -72,10 +77,6 @@ def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Te
     return state
 
 
-def _weight_files(folder: Path) -> list[str]:
-    return [METADATA, *sorted(f.name for f in folder.glob("*.distcp"))]
-
-
 def _read_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """Fill `state` (one-process names -> tensors of the full shape) from a checkpoint's fp32
     weights, in this process alone (no process group needed)."""
@@ -86,17 +87,21 @@ def _read_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def read_model_config(checkpoint_folder: str | Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint or model folder: its model_config.json."""
+    """The ModelConfig of a checkpoint or model folder: its model_config.json, checked against
+    checksums.json."""
     folder = resolve(checkpoint_folder)
     if not (folder / MODEL_CONFIG).is_file():
         raise FileNotFoundError(f"{folder} has no {MODEL_CONFIG}: pass a checkpoint or model folder "
                                 "megagpt wrote (they all describe their model)")
+    verify(folder, [MODEL_CONFIG])
     return ModelConfig(**json.loads((folder / MODEL_CONFIG).read_text()))
 
 
 def find_tokenizer(checkpoint_folder: str | Path) -> AnyTokenizer:
-    """The tokenizer saved in a checkpoint or model folder."""
-    return load_tokenizer(resolve(checkpoint_folder))
+    """The tokenizer saved in a checkpoint or model folder, its file(s) checked against checksums.json."""
+    folder = resolve(checkpoint_folder)
+    verify(folder, [name for name in TOKENIZER_FILES if (folder / name).is_file()])
+    return load_tokenizer(folder)
 
 
 def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | None = None
@@ -108,7 +113,7 @@ def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | 
     folder = resolve(checkpoint_folder)
     model = GPT(read_model_config(folder))
     if (folder / METADATA).is_file():
-        verify(folder, _weight_files(folder))
+        verify(folder)  # every file checksums.json lists: weights, model_config.json, tokenizer
         metadata = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
         saved = {fqn.removeprefix(f"{STATES[0]}."): tuple(md.size) for fqn, md in metadata.items()
                  if fqn.startswith(f"{STATES[0]}.") and isinstance(md, TensorStorageMetadata)}
@@ -116,11 +121,11 @@ def load_pretrained(checkpoint_folder: str | Path, device: torch.device | str | 
         own = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
         _read_weights(folder, own)
     else:
-        state = consolidated_state_dict(folder)
+        state = consolidated_state_dict(folder)  # verifies every file
         _check_weights_fit(model, {k: tuple(v.shape) for k, v in state.items() if k != "lm_head.weight"},
                            folder)
         model.load_state_dict(state)
-    return model.to(device).eval(), find_tokenizer(folder), device
+    return model.to(device).eval(), load_tokenizer(folder), device
 
 
 def _check_weights_fit(model: GPT, got: dict[str, tuple[int, ...]], folder: Path) -> None:

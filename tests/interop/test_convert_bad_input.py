@@ -4,6 +4,7 @@ named with the fix instead of a state_dict traceback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from megagpt.checkpoint import huggingface as convert
 from megagpt.config import ModelConfig
 from megagpt.formats.tokenizer import Tokenizer
 from megagpt.model.gpt import GPT
+from megagpt.tasks import generate
+from tests.test_data_bad_input import swap_tokenizer
 
 
 @pytest.fixture
@@ -52,6 +55,7 @@ def test_a_failed_forced_export_leaves_the_old_folder_as_it_was(model_folder, tm
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     config = model_folder / "model_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "n_embd": 128}))
+    checkpoint.write_checksums(model_folder)  # recorded so: a folder whose config never fit its weights
     assert convert.main(["to-hf", str(model_folder), str(out), "--force"]) == 2
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert siblings(out) == []
@@ -81,3 +85,28 @@ def test_corrupt_weights_are_named(model_folder, capsys):
     weights.write_bytes(bytes(data[:-100]))
     assert convert.main(["to-hf", str(model_folder), str(model_folder.parent / "hf")]) == 2
     assert f"{weights} has {len(data) - 100} bytes, {len(data)} when saved" in capsys.readouterr().err
+
+
+def test_an_edited_model_config_is_named_by_every_reader(model_folder, capsys):
+    config = model_folder / "model_config.json"
+    text = config.read_text()
+    assert '"n_head": 4' in text
+    config.write_text(text.replace('"n_head": 4', '"n_head": 2'))  # same weight shapes: it would run
+    damaged = re.escape(f"checkpoint {model_folder} is damaged: {config} does not match its checksum")
+    for read in (checkpoint.read_model_config, checkpoint.consolidated_state_dict,
+                 lambda f: checkpoint.load_pretrained(f, device="cpu")):
+        with pytest.raises(checkpoint.DamagedCheckpoint, match=damaged):
+            read(model_folder)
+    assert convert.main(["to-hf", str(model_folder), str(model_folder.parent / "hf")]) == 2
+    assert re.search(damaged, capsys.readouterr().err)
+
+
+def test_a_tokenizer_swapped_for_another_valid_one_is_named_by_every_reader(model_folder, capsys):
+    swap_tokenizer(model_folder)  # trained on other text: loads, encodes, all wrong
+    damaged = re.escape(f"checkpoint {model_folder} is damaged: {model_folder / 'tokenizer.model'} has")
+    for read in (checkpoint.find_tokenizer, checkpoint.consolidated_state_dict,
+                 lambda f: checkpoint.load_pretrained(f, device="cpu")):
+        with pytest.raises(checkpoint.DamagedCheckpoint, match=damaged):
+            read(model_folder)
+    assert generate.main(["--checkpoint", str(model_folder), "--prompt", "The", "--max-new", "2"]) == 2
+    assert re.search(damaged, capsys.readouterr().err)
