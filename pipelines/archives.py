@@ -5,9 +5,13 @@ WET files (fastwarc) and parquet data sets (pyarrow).
   record's target URI as the document's URL (so the domain blocklist applies) and the charset of
   the HTTP header when it has one. Every other record is counted by reason: `warc_request`,
   `warc_metadata`, ... for other record types, `http_3xx` / `http_4xx` / `http_5xx`, `not_html`.
-  gzip, zstd and lz4 compressed files are detected by fastwarc. A WARC file is one piece of work
-  (compressed records cannot be found without reading from the start); the key of a record is
-  its place in the file.
+  gzip and zstd files are decoded by pipelines/compressed.py, which raises at a cut-off file
+  (fastwarc's decoders end quietly there), lz4 files by fastwarc. A record shorter than its
+  Content-Length, or one that does not parse after a good one, ends the file: its documents so
+  far are kept, the file is counted as `truncated_file` and named with the record's byte offset
+  (a cut-off lz4 file is noticed only when the cut falls inside a record). A WARC file is one
+  piece of work (compressed records cannot be found without reading from the start); the key of
+  a record is its place in the file.
 - WET: the conversion records' text (already extracted: no HTML extraction) with their URI.
 - parquet: a text column (`--text-field`, default `text`) and, when there is one, `url`; read a
   row group at a time, so a chunk of a large file is a range of row groups and memory stays
@@ -22,31 +26,82 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastwarc.warc import ArchiveIterator, WarcRecordType
+from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 
+from pipelines.compressed import TruncatedInput, open_binary
 from pipelines.documents import KEY_FILE_SHIFT, Piece, RawDocument
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 def warc_documents(path: Path, piece: Piece, skipped: Counter, *, extracted: bool) -> Iterator[RawDocument]:
-    """The HTML responses of a WARC file (or, `extracted`, the text of a WET file's conversions)."""
+    """The HTML responses of a WARC file (or, `extracted`, the text of a WET file's conversions).
+
+    A record whose body is shorter than its Content-Length, or a record that does not parse after
+    a good one (the Content-Length before it was wrong, or the file is cut there), ends the file
+    with TruncatedInput naming the record's byte offset; the documents before it are kept.
+    """
     wanted = WarcRecordType.conversion if extracted else WarcRecordType.response
-    for number, record in enumerate(ArchiveIterator(str(path), parse_http=not extracted,
-                                                    record_types=WarcRecordType.any_type)):
-        key = piece.file << KEY_FILE_SHIFT | number
-        url = record.headers.get("WARC-Target-URI")
-        if record.record_type != wanted:
-            skipped[f"warc_{record.headers.get('WARC-Type', 'unknown')}"] += 1
-        elif extracted:
-            yield RawDocument(key, str(path), record.reader.read().decode("utf-8", "replace"), False, url)
-        elif not record.is_http or record.http_headers.status_code != 200:
-            status = record.http_headers.status_code if record.is_http else 0
-            skipped[f"http_{status // 100}xx" if status else "not_http"] += 1
-        elif (record.http_content_type or "").lower() not in _HTML_TYPES:
-            skipped["not_html"] += 1
-        else:
-            yield RawDocument(key, str(path), record.reader.read(), True, url, record.http_charset)
+    offset = None  # of the last record that parsed
+    compressed = path.suffix in (".gz", ".zst")
+    with open_binary(path) if compressed else path.open("rb") as stream:
+        try:
+            for number, record in enumerate(ArchiveIterator(stream, parse_http=not extracted,
+                                                            record_types=WarcRecordType.any_type)):
+                offset = record.stream_pos
+                doc = _warc_document(record, wanted, extracted, skipped)
+                if doc is not None:
+                    yield RawDocument(piece.file << KEY_FILE_SHIFT | number, str(path), *doc)
+        except TruncatedInput as err:
+            raise TruncatedInput(f"{err}{_DECOMPRESSED if compressed else ''}") from None
+        except OSError as err:  # fastwarc: "Invalid WARC header"
+            if offset is None:
+                raise  # not a WARC file at all: unreadable
+            raise TruncatedInput(f"the WARC record after the one at byte {offset:,} does not parse "
+                                 f"({err}): the Content-Length of the record at byte {offset:,} is "
+                                 f"wrong, or the file is damaged there{_DECOMPRESSED if compressed else ''}"
+                                 ) from None
+
+
+_DECOMPRESSED = " (byte offsets in the decompressed stream)"
+
+
+def _warc_document(record: WarcRecord, wanted: WarcRecordType, extracted: bool,
+                   skipped: Counter) -> tuple | None:
+    """(content, is_html, url, charset) of a record that is a document, None (counted) otherwise."""
+    url = record.headers.get("WARC-Target-URI")
+    if record.headers.get("Content-Length") is None:  # a header block cut off
+        raise TruncatedInput(f"the WARC record at byte {record.stream_pos:,} has no Content-Length "
+                             "(the file is cut off there)")
+    if record.record_type == wanted and (extracted or _is_html_page(record, skipped)):
+        body = _whole_body(record, record.reader.read())
+        return (body.decode("utf-8", "replace"), False, url) if extracted else (
+            body, True, url, record.http_charset)
+    if record.record_type != wanted:
+        skipped[f"warc_{record.headers.get('WARC-Type', 'unknown')}"] += 1
+    _whole_body(record, record.consume())
+    return None
+
+
+def _is_html_page(record: WarcRecord, skipped: Counter) -> bool:
+    """Whether a response is an HTML page with status 200; why not is counted."""
+    if not record.is_http or record.http_headers.status_code != 200:
+        status = record.http_headers.status_code if record.is_http else 0
+        skipped[f"http_{status // 100}xx" if status else "not_http"] += 1
+        return False
+    if (record.http_content_type or "").lower() not in _HTML_TYPES:
+        skipped["not_html"] += 1
+        return False
+    return True
+
+
+def _whole_body(record: WarcRecord, body: bytes | int) -> bytes | int:
+    """The body read (or its length), when it is as long as the record says; TruncatedInput if not."""
+    length = body if isinstance(body, int) else len(body)
+    if length != record.content_length:
+        raise TruncatedInput(f"the WARC record at byte {record.stream_pos:,} holds {length:,} of its "
+                             f"{record.content_length:,} bytes (the file is cut off there)")
+    return body
 
 
 def parquet_row_groups(path: Path) -> list[int]:

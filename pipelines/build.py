@@ -260,17 +260,20 @@ class _Build:
 
     def _stage_counts(self) -> dict[str, Any]:
         counts = StageCounts()
-        skipped, no_text, filtered = Counter(), Counter(), Counter()
+        skipped, no_text, filtered, truncated = Counter(), Counter(), Counter(), Counter()
         fate = np.zeros(CONTAMINATED + len(self.eval_names), np.int64)
         n_read = 0
         for c in self.chunks:
             record = self.area.record("map", c.id)
             n_read += record["read"]
             skipped.update(record["skipped"])
+            truncated.update(record.get("truncated", {}))
             no_text.update(record["no_text"])
             filtered.update(record["filtered"])
             fate += self.area.record("decide", c.id)["fate"]
         counts.record("read", n_read + sum(skipped.values()), n_read, skipped)
+        if truncated:  # documents read (and kept) from files that broke off: truncated_file
+            counts.stages["read"]["read_from_truncated_files"] = dict(sorted(truncated.items()))
         extracted = n_read - sum(no_text.values())
         counts.record("extract", n_read, extracted, no_text)
         kept = extracted - sum(filtered.values())

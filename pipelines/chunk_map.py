@@ -38,10 +38,10 @@ class ChunkMapper:
         """Read, extract, clean and filter the chunk's documents; write the survivors' texts and
         what the corpus-wide decisions need of them."""
         unit = chunk.id
-        skipped, no_text, filtered = Counter(), Counter(), Counter()
+        skipped, no_text, filtered, truncated = Counter(), Counter(), Counter(), Counter()
         n_read = 0
         kept: list[tuple[int, str, str, str | None]] = []
-        for raw in read_chunk(self.files, chunk, skipped, self.settings.text_field):
+        for raw in read_chunk(self.files, chunk, skipped, self.settings.text_field, truncated):
             n_read += 1
             text, url = _extract(raw, self.settings.extractor)
             if not text.strip():
@@ -73,7 +73,7 @@ class ChunkMapper:
         save_array(self.area.file("map", unit, "bands.npy"), bands)
         save_array(self.area.file("map", unit, "bands.bounds.npy"), range_bounds(bands["h"]))
         self.area.finish("map", unit, {"read": n_read, "skipped": skipped, "no_text": no_text,
-                                       "filtered": filtered, "kept": len(kept)})
+                                       "filtered": filtered, "kept": len(kept), "truncated": truncated})
 
     def _contamination(self, text: str) -> int:
         reason = self.decontaminator.reject_reason(text)

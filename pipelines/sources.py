@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 
+from pipelines.compressed import open_binary
 from pipelines.documents import KEY_FILE_SHIFT, MAX_FILES, Piece, RawDocument
 
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz")
@@ -111,41 +111,57 @@ def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_documents(files: Sequence[Path], skipped: Counter,
-                   text_field: str = "text") -> Iterator[RawDocument]:
+def read_documents(files: Sequence[Path], skipped: Counter, text_field: str = "text",
+                   truncated: Counter | None = None) -> Iterator[RawDocument]:
     """Every document of `files`; unreadable ones are counted in `skipped` by reason."""
     for chunk in plan_chunks(files, 1 << 62):
-        yield from read_chunk(files, chunk, skipped, text_field)
+        yield from read_chunk(files, chunk, skipped, text_field, truncated)
 
 
-def read_chunk(files: Sequence[Path], chunk: Chunk, skipped: Counter,
-               text_field: str = "text") -> Iterator[RawDocument]:
+def read_chunk(files: Sequence[Path], chunk: Chunk, skipped: Counter, text_field: str = "text",
+               truncated: Counter | None = None) -> Iterator[RawDocument]:
+    """The documents of a chunk. `truncated` gets, for each file that broke off after some of its
+    documents were read, how many were (they stay; the file is counted as `truncated_file`)."""
     for piece in chunk.pieces:
-        yield from read_piece(files[piece.file], piece, skipped, text_field)
+        yield from read_piece(files[piece.file], piece, skipped, text_field, truncated)
 
 
-def read_piece(path: Path, piece: Piece, skipped: Counter, text_field: str = "text") -> Iterator[RawDocument]:
-    """The documents of one piece of `path`; a file that cannot be read is counted (once, by the
-    piece that starts it) and named in the log."""
-    key = piece.file << KEY_FILE_SHIFT
+def read_piece(path: Path, piece: Piece, skipped: Counter, text_field: str = "text",
+               truncated: Counter | None = None) -> Iterator[RawDocument]:
+    """The documents of one piece of `path`. A file that cannot be read is counted (once, by the
+    piece that starts it) and named in the log: `unreadable_file` when none of its documents
+    were read, `truncated_file` (and its documents in `truncated`) when it broke off later."""
+    read = 0
     try:
-        if path.name.endswith(JSONL_SUFFIXES):
-            yield from _jsonl_documents(path, piece, skipped, text_field)
-            return
-        if path.name.endswith(WET_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES):
-            from pipelines.archives import parquet_documents, warc_documents
-
-            if path.name.endswith(PARQUET_SUFFIXES):
-                yield from parquet_documents(path, piece, skipped, text_field)
-            else:
-                yield from warc_documents(path, piece, skipped, extracted=path.name.endswith(WET_SUFFIXES))
-            return
-        data = read_bytes(path)
+        for doc in _piece_documents(path, piece, skipped, text_field):
+            yield doc
+            read += 1
     except (OSError, EOFError, gzip.BadGzipFile, zstandard.ZstdError) as err:
-        if piece.start == 0:
+        if read:
+            log.warning("input %s breaks off after %d documents (%s): they are kept, the rest of the "
+                        "file is lost; counted as truncated_file", path, read, err)
+            skipped["truncated_file"] += 1
+            if truncated is not None:
+                truncated[str(path)] += read
+        elif piece.start == 0:
             log.warning("skipping unreadable input %s (%s)", path, err)
             skipped["unreadable_file"] += 1
+
+
+def _piece_documents(path: Path, piece: Piece, skipped: Counter, text_field: str) -> Iterator[RawDocument]:
+    key = piece.file << KEY_FILE_SHIFT
+    if path.name.endswith(JSONL_SUFFIXES):
+        yield from _jsonl_documents(path, piece, skipped, text_field)
         return
+    if path.name.endswith(WET_SUFFIXES + WARC_SUFFIXES + PARQUET_SUFFIXES):
+        from pipelines.archives import parquet_documents, warc_documents
+
+        if path.name.endswith(PARQUET_SUFFIXES):
+            yield from parquet_documents(path, piece, skipped, text_field)
+        else:
+            yield from warc_documents(path, piece, skipped, extracted=path.name.endswith(WET_SUFFIXES))
+        return
+    data = read_bytes(path)
     if path.name.endswith(HTML_SUFFIXES):
         yield RawDocument(key, str(path), data, is_html=True)
         return
@@ -160,15 +176,6 @@ def read_bytes(path: Path) -> bytes:
     """A file's bytes, decompressed when it ends in .gz or .zst."""
     with open_binary(path) as f:
         return f.read()
-
-
-def open_binary(path: Path) -> BinaryIO:
-    """A file opened for reading as a stream, decompressed when it ends in .gz or .zst."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    if path.suffix == ".zst":
-        return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
-    return path.open("rb")
 
 
 def _jsonl_lines(path: Path, piece: Piece) -> Iterator[tuple[int, bytes]]:
