@@ -225,7 +225,7 @@ class Trainer:
         tokens_per_sec = iv.steps * self.tokens_per_step / iv.seconds
         norm = self.engine.get_global_grad_norm()
         values = {
-            # the mean over the interval's steps that were not skipped (NaN when all were)
+            # the mean over the interval's steps that were not skipped (NaN, null in the jsonl, when all were)
             "loss": iv.loss_sum.item() / (iv.finite * world) if iv.finite else math.nan,
             "lr": iv.lr,
             "grad_norm": math.nan if norm is None else float(norm),
@@ -235,6 +235,7 @@ class Trainer:
         }
         if self.cfg.train.on_nonfinite == "skip":
             values["skipped_steps"] = self.skipped
+            values["nonfinite"] = iv.steps - iv.finite  # the interval's steps left out of its loss
         utilisation = mfu(tokens_per_sec, self.flops_per_token, world, self.peak_flops)
         if utilisation is not None:
             values["mfu"] = utilisation

@@ -1,8 +1,13 @@
-"""Where a run's numbers go: `metrics.jsonl` and TensorBoard, written by rank 0 only."""
+"""Where a run's numbers go: `metrics.jsonl` and TensorBoard, written by rank 0 only.
+
+JSON has no NaN or infinity (Python's json would write the bare word NaN, which strict readers
+refuse): a value that is not finite, e.g. the loss of an interval whose steps were all skipped, is
+null in metrics.jsonl, and stays NaN in TensorBoard."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +32,9 @@ class MetricsWriter:
         record: dict[str, Any] = {"step": step}
         for name, value in values.items():
             self.tb.add_scalar(f"{prefix}/{name}", value, step)
-            record[name if prefix == "train" else f"{prefix}_{name}"] = value
-        self.jsonl.write(json.dumps(record) + "\n")
+            key = name if prefix == "train" else f"{prefix}_{name}"
+            record[key] = value if math.isfinite(value) else None
+        self.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self.jsonl.flush()
 
     def per_rank(self, step: int, tag: str, values: list[float]) -> None:

@@ -204,7 +204,11 @@ def test_skipping_non_finite_steps_leaves_the_weights_unchanged_and_counts_them(
                        "checkpoint.interval=1", "checkpoint.keep_last=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 3: loss nan and grad norm inf; skipped (train.on_nonfinite=skip)" in proc.stderr
-    assert [m["skipped_steps"] for m in read_metrics(run) if "loss" in m] == [0, 0, 1, 2, 3]
+    logged = [m for m in read_metrics(run) if "loss" in m]  # read_metrics: json.loads of each line
+    assert [m["skipped_steps"] for m in logged] == [0, 0, 1, 2, 3]
+    assert [m["nonfinite"] for m in logged] == [0, 0, 1, 1, 1]  # log.interval=1: a step a line
+    assert [m["loss"] is None for m in logged] == [False, False, True, True, True]  # null, never NaN
+    assert "NaN" not in (run / "metrics.jsonl").read_text()
 
     def weights(step):
         return checkpoint.consolidated_state_dict(run / "checkpoints" / checkpoint.tag_for(step))
