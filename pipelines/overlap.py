@@ -8,7 +8,9 @@
 
 A PATH is a text file (any other name: one document), a .jsonl(.gz/.zst) file (one document a line, field
 `text`), a folder of those, or a shard folder written by pipelines.build (decoded with its
-tokenizer). All 8-grams of the training documents go into a Bloom filter sized for their
+tokenizer; each shard checked against the sha256 and document count its manifest lists, so a
+truncated or altered shard is refused by name rather than giving a smaller filter). All 8-grams
+of the training documents go into a Bloom filter sized for their
 distinct count and the target false-positive rate; for each eval set we report how many of its
 8-gram occurrences the filter holds, overall and per document.
 
@@ -87,12 +89,21 @@ def _shard_texts(folder: Path, rank: int, size: int) -> Iterator[str]:
     if tok.sha256 != manifest["tokenizer"]["sha256"]:
         raise ShardError(f"{tok.path} does not match the sha256 in {folder / MANIFEST_NAME}; "
                          f"rebuild {folder}")
+    unchecked = [s["name"] for s in manifest["shards"] if "sha256" not in s]
+    if unchecked and rank == 0:
+        log.warning("%s lists no sha256 for %d shard(s) (built before shards had checksums): they are "
+                    "read unchecked; rebuild the folder to have them checked", folder / MANIFEST_NAME,
+                    len(unchecked))
     index = 0
     for shard in manifest["shards"]:
-        for _, tokens, _ in read_shard(folder / shard["name"]):
+        documents = 0  # a truncated or altered shard is refused, never a smaller filter
+        for _, tokens, _ in read_shard(folder / shard["name"], shard.get("sha256")):
             if index % size == rank:
                 yield tok.decode(tokens[tokens != tok.eos_id])
-            index += 1
+            index, documents = index + 1, documents + 1
+        if documents != shard["documents"]:
+            raise ShardError(f"{folder / shard['name']} holds {documents} documents, "
+                             f"{folder / MANIFEST_NAME} says {shard['documents']}; rebuild {folder}")
 
 
 def build_filter(paths: Sequence[str | Path], n: int = 8, fp: float = 1e-8, comm: Any = None,

@@ -1,6 +1,8 @@
 """The overlap checker against an exact Python-set computation on real text (LAMBADA, WikiText-2)."""
 
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,47 @@ def test_a_damaged_saved_filter_is_an_error_not_a_figure(train_file, tmp_path, c
     assert "f.bloom: cannot load Bloom filter (its bits do not match the checksum" in err
     fix = f"rebuild it with python -m pipelines.overlap --train ... --save-filter {tmp_path / 'f.bloom'}"
     assert fix in err
+
+
+@pytest.fixture()
+def shard_folder(articles, tmp_path) -> Path:
+    docs = write_jsonl(tmp_path / "articles.jsonl", articles[:40])
+    build([docs], tmp_path / "shards", vocab_size=600, valid_fraction=0.0, min_chars=1,
+          max_shard_tokens=5000)
+    return tmp_path / "shards"
+
+
+def cut_at_a_sample(shard: Path) -> None:
+    """Cut a shard at the start of a sample: tarfile then reads the samples before it, quietly."""
+    with tarfile.open(shard) as tar:
+        starts = [m.offset for m in tar.getmembers() if m.name.endswith(".tokens.npy")]
+    shard.write_bytes(shard.read_bytes()[: starts[len(starts) // 2]])
+
+
+def test_a_truncated_or_altered_shard_is_refused_by_name(shard_folder, capsys):
+    manifest = json.loads((shard_folder / "manifest.json").read_text())
+    assert len(manifest["shards"]) >= 3
+    evals = ["--eval", f"lambada={LAMBADA}"]
+    first, second = (shard_folder / s["name"] for s in manifest["shards"][:2])
+    original = first.read_bytes()
+    cut_at_a_sample(first)
+    assert main(["--train", str(shard_folder), *evals]) == 2
+    assert f"{first} does not match its sha256" in capsys.readouterr().err
+    first.write_bytes(original)
+    altered = bytearray(second.read_bytes())
+    altered[700] ^= 1  # inside the first sample's tokens: the tar still reads
+    second.write_bytes(altered)
+    assert main(["--train", str(shard_folder), *evals]) == 2
+    assert f"{second} does not match its sha256" in capsys.readouterr().err
+
+
+def test_a_truncated_shard_without_a_checksum_is_refused_by_its_count(shard_folder, capsys, caplog):
+    manifest = json.loads((shard_folder / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        del shard["sha256"]  # as a folder built before shards had checksums
+    (shard_folder / "manifest.json").write_text(json.dumps(manifest))
+    first = shard_folder / manifest["shards"][0]["name"]
+    cut_at_a_sample(first)
+    assert main(["--train", str(shard_folder), "--eval", f"lambada={LAMBADA}"]) == 2
+    assert f"{first} holds " in capsys.readouterr().err
+    assert "lists no sha256 for" in caplog.text
