@@ -280,6 +280,25 @@ RANGES: dict[str, Range] = {
 }
 
 
+def mixture_weights(mixture: list[str]) -> list[tuple[str, float]]:
+    """data.mixture's FOLDER=WEIGHT entries as (folder, weight); a weight must be a positive number
+    (NaN, infinity, 0 and negatives would make the sampling probabilities meaningless)."""
+    pairs = []
+    for entry in mixture:
+        folder, sep, text = str(entry).rpartition("=")
+        try:
+            weight = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not folder:
+            raise ConfigError(f"data.mixture entry {entry!r}: expected FOLDER=WEIGHT, e.g. data/books=2.0")
+        if not (0 < weight < math.inf):
+            raise ConfigError(f"data.mixture entry {entry!r}: the weight must be a positive number, got "
+                              f"{text} (a corpus's share is its weight over the sum of all weights)")
+        pairs.append((folder, weight))
+    return pairs
+
+
 EVAL_TASKS = ("wikitext2", "lambada", "choice")  # megagpt.tasks.evaluate's tasks
 # The bundled test sets a task reads when eval.tasks names no file (choice has none).
 EVAL_DATA = Path(__file__).resolve().parents[1] / "data" / "eval"
@@ -329,6 +348,7 @@ class RunConfig:
                 f"train.warmup_steps={self.train.warmup_steps} must lie in [0, train.max_steps="
                 f"{self.train.max_steps}]"
             )
+        mixture_weights(self.data.mixture)  # refuses a bad entry before any compute
         for task in self.eval.tasks:
             name, _, path = task.partition(":")
             if name not in EVAL_TASKS or name == "choice" and not path:

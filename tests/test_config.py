@@ -57,6 +57,13 @@ def test_yaml_preset_then_overrides(tmp_path):
     ("model.preset=gpt5", "unknown model preset 'gpt5'"),
     ("train.warmup_steps=2000", "train.warmup_steps=2000 must lie in"),
     ("max_steps=3", "not of the form section.key=value"),
+    ("train.weight_decay=-0.1", r"train.weight_decay must be 0 or positive, got -0.1"),
+    ("data.mixture=[data/a=nan]", r"data.mixture entry 'data/a=nan': the weight must be a positive number, "
+                                   "got nan"),
+    ("data.mixture=[data/a=1,data/b=-2]", r"data.mixture entry 'data/b=-2': the weight must be a positive"),
+    ("data.mixture=[data/a=0]", r"data.mixture entry 'data/a=0': the weight must be a positive number"),
+    ("data.mixture=[data/a=inf]", r"data.mixture entry 'data/a=inf': the weight must be a positive number"),
+    ("data.mixture=[data/a]", r"data.mixture entry 'data/a': expected FOLDER=WEIGHT"),
 ])
 def test_bad_keys_and_values_are_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -182,5 +182,7 @@ def test_mixture_refuses_what_it_cannot_mix(tmp_path):
         open_dataset("", [f"{tmp_path / 'a'}=1", f"{tmp_path / 'b'}=1"], BLOCK, seed=0)
     with pytest.raises(ValueError, match="expected FOLDER=WEIGHT"):
         open_dataset("", [str(tmp_path / "a")], BLOCK, seed=0)
-    with pytest.raises(ValueError, match="must all be positive"):
+    with pytest.raises(ValueError, match="data.mixture entry .*=0'. the weight must be a positive number"):
         open_dataset("", [f"{tmp_path / 'a'}=0"], BLOCK, seed=0)
+    with pytest.raises(ValueError, match="must all be positive"):  # the dataset's own check, NaN too
+        MixtureDataset([ShardDataset(tmp_path / "a", BLOCK, seed=0)], [float("nan")], seed=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megagpt.config import mixture_weights
 from megagpt.formats.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from megagpt.formats.tokenizer import Tokenizer
 
@@ -136,7 +138,7 @@ class MixtureDataset:
     def __init__(self, datasets: Sequence[ShardDataset], weights: Sequence[float], seed: int):
         if len(datasets) != len(weights) or not datasets:
             raise ValueError("a mixture needs one weight for each of at least one corpus")
-        if any(w <= 0 for w in weights):
+        if not all(0 < w < math.inf for w in weights):
             raise ValueError(f"mixture weights {list(weights)} must all be positive")
         first = datasets[0]
         for d in datasets:
@@ -194,17 +196,9 @@ def open_dataset(path: str | Path, mixture: Sequence[str], block_size: int, seed
     """`path` alone, or the mixture of FOLDER=WEIGHT entries when `mixture` names any."""
     if not mixture:
         return ShardDataset(path, block_size, seed)
-    folders, weights = [], []
-    for entry in mixture:
-        folder, sep, weight = entry.rpartition("=")
-        try:
-            weights.append(float(weight))
-        except ValueError:
-            sep = ""
-        if not sep or not folder:
-            raise ValueError(f"data.mixture entry {entry!r}: expected FOLDER=WEIGHT, e.g. data/books=2.0")
-        folders.append(ShardDataset(folder, block_size, seed))
-    return MixtureDataset(folders, weights, seed)
+    pairs = mixture_weights(list(mixture))
+    folders = [ShardDataset(folder, block_size, seed) for folder, _ in pairs]
+    return MixtureDataset(folders, [weight for _, weight in pairs], seed)
 
 
 class RankBatches:
