@@ -26,7 +26,7 @@ import argparse
 import itertools
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from megagpt.config import GPT3_RECIPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
@@ -233,25 +233,85 @@ def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _number(kind: type, low: float, high: float | None = None, *, above: bool = False,
+            what: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite `kind` at least `low` (`above`: greater than it), at most `high`."""
+    interval = f"{'(' if above else '['}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'} ({what})") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number; {what}: {interval}")
+        if not ((value > low if above else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}: {what}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m megagpt.plan", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help=f"a preset: {', '.join(MODEL_PRESETS)}")
     src.add_argument("--config", help="a run config YAML (its model section)")
-    p.add_argument("--gpus", type=int, required=True)
-    p.add_argument("--gpu-mem", type=float, required=True, help="GiB per GPU, e.g. 80")
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    count = lambda what: _number(int, 1, what=what)  # noqa: E731
+    p.add_argument("--gpus", type=count("the number of GPUs"), required=True)
+    p.add_argument("--gpu-mem", type=_number(float, 0, above=True, what="GiB of memory a GPU"), required=True,
+                   help="GiB per GPU, e.g. 80")
+    p.add_argument("--gpus-per-node", type=count("GPUs a node"), default=8)
     p.add_argument("--gpu", default="H100", help="GPU name for the peak FLOP/s table (default H100)")
-    p.add_argument("--global-batch", type=int, default=None,
+    p.add_argument("--global-batch", type=count("sequences a step"), default=None,
                    help="sequences per step (default: GPT-3's Table 2.1 batch, else GPT-2's 512)")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: block_size)")
-    p.add_argument("--efficiency", type=float, default=0.5, help="fraction of peak matmuls reach")
-    p.add_argument("--inter-node-gbps", type=float, default=25.0)
-    p.add_argument("--tp", type=int, default=None, help="only layouts with this tensor parallelism "
-                   "(e.g. 1 on GPUs without NVLink)")
-    p.add_argument("--pp", type=int, default=None, help="only layouts with this many pipeline stages")
-    p.add_argument("--rows", type=int, default=15)
-    args = p.parse_args(argv)
+    p.add_argument("--seq", type=count("tokens a sequence"), default=None,
+                   help="sequence length (default: block_size)")
+    p.add_argument("--efficiency", type=_number(float, 0, 1, above=True, what="the fraction of peak FLOP/s "
+                   "large matmuls reach, e.g. 0.5"), default=0.5, help="fraction of peak matmuls reach")
+    p.add_argument("--inter-node-gbps", type=_number(float, 0, above=True, what="GB/s a GPU between nodes"),
+                   default=25.0)
+    p.add_argument("--tp", type=count("GPUs a tensor-parallel group"), default=None,
+                   help="only layouts with this tensor parallelism (e.g. 1 on GPUs without NVLink)")
+    p.add_argument("--pp", type=count("pipeline stages"), default=None,
+                   help="only layouts with this many pipeline stages")
+    p.add_argument("--rows", type=count("rows of the table"), default=15)
+    return p
+
+
+def _refusals(model: ModelConfig, args: argparse.Namespace, seq: int) -> list[str]:
+    """Why the options cannot describe a layout of this model, one reason a line; none when they can."""
+    reasons = []
+    if seq > model.block_size:
+        reasons.append(f"--seq {seq} is longer than the model's block_size {model.block_size} "
+                       "(its learned positions end there)")
+    if args.tp is not None:
+        tp = args.tp
+        splits = [(args.gpus, f"--gpus {args.gpus}"), (model.n_head, f"the model's {model.n_head} attention "
+                  "heads (tp splits the heads)"), (model.padded_vocab_size, "the padded vocabulary of "
+                  f"{model.padded_vocab_size} (tp splits the vocabulary)")]
+        reasons += [f"--tp {tp} does not divide {what}; tp dividing it: {_common_divisors(n, model)}"
+                    for n, what in splits if n % tp]
+        if tp > args.gpus_per_node:
+            reasons.append(f"--tp {tp} is more than --gpus-per-node {args.gpus_per_node} (tensor-parallel "
+                           "all-reduces stay within a node)")
+    if args.pp is not None:
+        if args.pp > model.n_layer:
+            reasons.append(f"--pp {args.pp} is more stages than the model's {model.n_layer} layers")
+        if args.gpus % (args.pp * (args.tp or 1)):
+            reasons.append(f"--pp {args.pp}{f' x --tp {args.tp}' if args.tp else ''} does not divide "
+                           f"--gpus {args.gpus}")
+    return reasons
+
+
+def _common_divisors(n: int, model: ModelConfig) -> str:
+    fits = [d for d in divisors(n) if model.n_head % d == 0 and model.padded_vocab_size % d == 0]
+    return ", ".join(map(str, fits))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         model = ModelConfig.preset(args.model) if args.model else load_config(args.config).model
     except ConfigError as err:
@@ -264,10 +324,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megagpt.plan: unknown --gpu {args.gpu!r}; the known ones are in megagpt/sizing/flops.py",
               file=sys.stderr)
         return 2
+    seq = args.seq or model.block_size
+    refusals = _refusals(model, args, seq)
+    if refusals:
+        print("megagpt.plan: error: " + "\n  ".join(refusals), file=sys.stderr)
+        return 2
     cluster = Cluster(args.gpus, args.gpu_mem, args.gpus_per_node, peak, args.efficiency,
                       inter_node_gbps=args.inter_node_gbps)
-    seq = args.seq or model.block_size
     plans = plan(model, cluster, args.global_batch, seq, args.tp, args.pp)
+    if not plans:
+        print(f"megagpt.plan: error: no layout of {args.gpus} GPUs runs --global-batch {args.global_batch}: "
+              "it must be a multiple of dp x micro-batch (dp = GPUs / (tp x pp), micro-batches of 1-32 "
+              "sequences)", file=sys.stderr)
+        return 2
     n_params = stage_parameters(model, 1, 1)
     print(f"{args.model or args.config}: {n_params / 1e9:.2f}B parameters (vocab padded), "
           f"{args.gpus} x {args.gpu} {args.gpu_mem:g} GiB, global batch {args.global_batch} x {seq} tokens"
@@ -275,4 +344,3 @@ def main(argv: list[str] | None = None) -> int:
              f", attention {model.attention} (banded layers: window {model.local_window})"))
     print(format_table(plans, model, cluster, args.global_batch, seq, args.rows))
     return 0
-

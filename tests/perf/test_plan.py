@@ -1,5 +1,6 @@
 """The layout planner: its arithmetic by hand, its activation count against a real forward."""
 
+import argparse
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from megagpt.sizing.layout_rules import Devices, plan_layout
 from megagpt.sizing.parameters import stage_parameters
 from megagpt.sizing.planner import (
     Cluster,
+    _refusals,
     activation_bytes,
     block_activation_bytes,
     candidate_layouts,
@@ -146,3 +148,52 @@ def test_zero_stage_auto_is_the_planners_fastest_that_fits_the_devices():
     one_gpu = load_config("configs/gpt2-small.yaml")
     assert plan_layout(one_gpu, 1, Devices(memory_gib=80, per_node=1, peak_flops=None)).zero_stage == 1
     assert plan_layout(cfg, 16).zero_stage == 3
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--gpus", "0", "argument --gpus: 0 is outside [1, inf)"),
+    ("--gpus", "-4", "argument --gpus: -4 is outside [1, inf)"),
+    ("--gpu-mem", "-80", "argument --gpu-mem: -80 is outside (0, inf)"),
+    ("--gpu-mem", "nan", "argument --gpu-mem: nan is not a finite number"),
+    ("--seq", "-5", "argument --seq: -5 is outside [1, inf)"),
+    ("--seq", "0", "argument --seq: 0 is outside [1, inf)"),
+    ("--efficiency", "5", "argument --efficiency: 5 is outside (0, 1]"),
+    ("--efficiency", "0", "argument --efficiency: 0 is outside (0, 1]"),
+    ("--efficiency", "nan", "argument --efficiency: nan is not a finite number"),
+    ("--inter-node-gbps", "0", "argument --inter-node-gbps: 0 is outside (0, inf)"),
+    ("--global-batch", "0", "argument --global-batch: 0 is outside [1, inf)"),
+    ("--gpus-per-node", "0", "argument --gpus-per-node: 0 is outside [1, inf)"),
+    ("--tp", "0", "argument --tp: 0 is outside [1, inf)"),
+    ("--pp", "-1", "argument --pp: -1 is outside [1, inf)"),
+    ("--rows", "x", "argument --rows: 'x' is not an integer"),
+])
+def test_cli_refuses_nonsense_naming_the_option_and_range(option, value, message, capsys):
+    argv = ["--model", "gpt2-xl", "--gpus", "16", "--gpu-mem", "80", option, value]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, messages", [
+    (["--gpus", "6", "--tp", "3"], ["--tp 3 does not divide the model's 25 attention heads "
+                                    "(tp splits the heads); tp dividing it: 1"]),
+    (["--gpus", "16", "--tp", "16", "--gpus-per-node", "8"],
+     ["--tp 16 does not divide the model's 25", "--tp 16 is more than --gpus-per-node 8"]),
+    (["--gpus", "16", "--pp", "64"], ["--pp 64 is more stages than the model's 48 layers",
+                                      "--pp 64 does not divide --gpus 16"]),
+    (["--gpus", "16", "--seq", "2048"], ["--seq 2048 is longer than the model's block_size 1024"]),
+    (["--gpus", "16", "--tp", "1", "--pp", "1", "--global-batch", "3"],
+     ["no layout of 16 GPUs runs --global-batch 3"]),
+])
+def test_cli_says_why_a_tp_or_pp_cannot_split_the_model(options, messages, capsys):
+    assert main(["--model", "gpt2-xl", "--gpu-mem", "80", *options]) == 2
+    err = capsys.readouterr().err
+    assert all(m in err for m in messages), err
+    assert "nothing fits" not in err
+
+
+def test_vocabulary_that_tp_cannot_split_is_named(capsys):
+    odd = ModelConfig(n_layer=2, n_head=6, n_embd=48, vocab_size=99, block_size=32, vocab_pad_multiple=1)
+    args = argparse.Namespace(gpus=6, gpus_per_node=8, tp=6, pp=None)
+    assert _refusals(odd, args, 32) == ["--tp 6 does not divide the padded vocabulary of 99 (tp splits the "
+                                        "vocabulary); tp dividing it: 1, 3"]
