@@ -13,7 +13,9 @@ WET files (fastwarc) and parquet data sets (pyarrow).
   piece of work (compressed records cannot be found without reading from the start); the key of
   a record is its place in the file.
 - WET: the conversion records' text (already extracted: no HTML extraction) with their URI.
-- parquet: a text column (`--text-field`, default `text`) and, when there is one, `url`; read a
+- parquet: a text column (`--text-field`, default `text`; a column that is not of a string type is
+  named in a warning with its type and its rows counted as `text_field_not_text`; a null row is
+  `no_text_field`) and, when there is one, `url`; read a
   row group at a time, so a chunk of a large file is a range of row groups and memory stays
   bounded by a row group. The key of a row is its row number in the file.
 
@@ -22,6 +24,7 @@ Imported only when such a file is read, so a build of HTML and JSON lines never 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,7 @@ from pipelines.compressed import TruncatedInput, open_binary
 from pipelines.documents import KEY_FILE_SHIFT, Piece, RawDocument
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+log = logging.getLogger("pipelines.archives")
 
 
 def warc_documents(path: Path, piece: Piece, skipped: Counter, *, extracted: bool) -> Iterator[RawDocument]:
@@ -131,6 +135,14 @@ def parquet_documents(path: Path, piece: Piece, skipped: Counter, text_field: st
     if text_field not in columns:
         raise ValueError(f"{path} has no column {text_field!r} (columns: {', '.join(columns)}); "
                          "name the text column with --text-field")
+    kind = table.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        rows = sum(table.metadata.row_group(g).num_rows for g in range(piece.start, piece.end))
+        log.warning("%s: column %r holds %s, not text: its %d rows (of row groups %d-%d) are counted as "
+                    "text_field_not_text; name the text column with --text-field", path, text_field, kind,
+                    rows, piece.start, piece.end - 1)
+        skipped["text_field_not_text"] += rows
+        return
     row = sum(table.metadata.row_group(g).num_rows for g in range(piece.start))
     for group in range(piece.start, piece.end):
         batch = table.read_row_group(group, columns=[text_field] + (["url"] if "url" in columns else []))

@@ -127,3 +127,18 @@ def test_wet_and_parquet_inputs(articles, tmp_path):
                                   [f"https://wet{i}.example.org/" for i in range(10)])
     with pytest.raises(ValueError, match="has no column 'text'.*--text-field"):
         build([raw / "part-0.parquet"], tmp_path / "other", vocab_size=700)
+
+
+def test_parquet_text_column_of_another_type_is_named_and_counted(articles, tmp_path, caplog):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(pa.table({"text": articles[:12]}), raw / "good.parquet")
+    numbers = raw / "numbers.parquet"
+    pq.write_table(pa.table({"text": list(range(9)), "body": articles[12:21]}), numbers, row_group_size=4)
+    manifest = build([raw], tmp_path / "shards", vocab_size=700, valid_fraction=0.0)
+    assert manifest["stages"]["read"] == {"in": 21, "out": 12, "dropped": {"text_field_not_text": 9}}
+    caplog.clear()
+    skipped = Counter()
+    assert list(read_chunk([numbers], plan_chunks([numbers], 1 << 20)[0], skipped)) == []
+    assert skipped == {"text_field_not_text": 9}
+    assert f"{numbers}: column 'text' holds int64, not text: its 4 rows (of row groups 0-0)" in caplog.text
