@@ -20,7 +20,8 @@ from deepspeed.accelerator import get_accelerator
 from megagpt.checkpoint.folders import LATEST, CheckpointError, prune, tag_for, write_atomic
 from megagpt.checkpoint.integrity import write_checksums
 from megagpt.checkpoint.pretrained import write_description
-from megagpt.checkpoint.sharded import PiecesLoadPlanner, PiecesSavePlanner, adam_step, install, sharded_state
+from megagpt.checkpoint.sharded import PiecesLoadPlanner, PiecesSavePlanner, install, sharded_state
+from megagpt.checkpoint.zero_states import adam_step, set_adam_step
 from megagpt.config import ModelConfig
 from megagpt.formats.tokenizer import AnyTokenizer
 from megagpt.parallel.layout import Layout
@@ -128,8 +129,7 @@ def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[
     dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=PiecesLoadPlanner())
     install(engine, state)
     trainer = torch.load(path / TRAINER_STATE, weights_only=True)
-    for adam in engine.optimizer.optimizer.state.values():
-        adam["step"].fill_(trainer["adam_step"])
+    set_adam_step(engine, trainer["adam_step"])
     engine.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
     # load_state_dict restores the schedule's position but leaves the optimizer at the first rate.
     for group, lr in zip(engine.lr_scheduler.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):

@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.metadata import (
 
 from megagpt.checkpoint.folders import CheckpointError, resolve
 from megagpt.checkpoint.integrity import verify, write_checksums
-from megagpt.checkpoint.sharded import STATES
+from megagpt.checkpoint.zero_states import STATES
 from megagpt.config import ModelConfig
 from megagpt.formats.tokenizer import GPT2_FILES, SENTENCEPIECE_FILE, AnyTokenizer, load_tokenizer
 from megagpt.model.gpt import GPT

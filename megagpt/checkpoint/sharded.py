@@ -4,18 +4,11 @@ parameter's fp32 weight and Adam moments, as rectangles of the one-process tenso
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import deepspeed
 import torch
-import torch.distributed as dist
-from deepspeed.utils import (
-    safe_get_local_fp32_param,
-    safe_get_local_optimizer_state,
-    safe_set_local_fp32_param,
-    safe_set_local_optimizer_state,
-)
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -33,9 +26,15 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megagpt.checkpoint.folders import CheckpointError
+from megagpt.checkpoint.zero_states import (
+    STATES,
+    SubGroupStates,
+    by_position,
+    link_adam_state,
+    local_range,
+    zero_states,
+)
 from megagpt.parallel.topology import Topology
-
-STATES = ("param", "exp_avg", "exp_avg_sq")  # fp32 master weight and Adam's moments, per parameter
 
 
 def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, torch.nn.Parameter]]:
@@ -45,17 +44,30 @@ def _local_parameters(engine: deepspeed.DeepSpeedEngine) -> Iterator[tuple[str, 
 
 @dataclasses.dataclass
 class Pieces:
-    """A rank's part of one state (weight or moment) of one parameter: rectangles of the
-    one-process tensor of shape `shape`, keyed by their offsets in it. `flat` is the rank's
-    contiguous range that the rectangles are views of (what a load writes back to DeepSpeed)."""
+    """A rank's part of one state (weight or moment) of one parameter, as rectangles of the
+    one-process tensor of shape `shape`: `flat()` is the rank's contiguous range (elements `start`
+    on of its tp slice of shape `local_shape`), fetched when DCP writes or reads it, which under
+    ZeRO-3 swaps in its optimizer sub-group; the rectangles are views of it."""
 
     shape: torch.Size
-    flat: torch.Tensor
-    rectangles: dict[tuple[int, ...], torch.Tensor]
+    dtype: torch.dtype
+    numel: int
+    start: int
+    local_shape: tuple[int, ...]
+    split: tuple[int, int] | None
+    tp_rank: int
+    tp_size: int
+    flat: Callable[[], torch.Tensor]
+    states: SubGroupStates | None = None  # ZeRO-3's sub-group walker that flat() goes through
+
+    def rectangles(self, flat: torch.Tensor | None = None) -> dict[tuple[int, ...], torch.Tensor]:
+        flat = self.flat() if flat is None else flat
+        return rectangles(flat, self.start, self.local_shape, self.split, self.tp_rank, self.tp_size)
 
     def chunks(self) -> list[ChunkStorageMetadata]:
+        shapes = self.rectangles(torch.empty(self.numel, dtype=self.dtype, device="meta"))
         return [ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=view.shape)
-                for offsets, view in self.rectangles.items()]
+                for offsets, view in shapes.items()]
 
 
 def rectangles(flat: torch.Tensor, start: int, local_shape: tuple[int, ...], split: tuple[int, int] | None,
@@ -103,15 +115,17 @@ def rectangles(flat: torch.Tensor, start: int, local_shape: tuple[int, ...], spl
 def sharded_state(engine: deepspeed.DeepSpeedEngine, topo: Topology, copy_to_host: bool,
                   for_load: bool = False) -> dict[str, Pieces]:
     """This rank's fp32 weights and Adam moments as Pieces, keyed "param.NAME", "exp_avg.NAME",
-    "exp_avg_sq.NAME" by one-process name. For saving (for_load False) a parameter replicated over
-    tp (LayerNorms, row-parallel biases) is taken from tp rank 0 only and the tied embedding from
-    the first stage only: each piece is written once. `copy_to_host` copies the pieces to host
-    memory (async save: training goes on changing the originals). Creates Adam's state where torch
-    has not yet (a resume before the first step): a load needs somewhere to put the moments."""
-    _link_adam_state(engine)
-    tp_size = topo.layout.tp
+    "exp_avg_sq.NAME" by one-process name, in the order their states lie in memory (under ZeRO-3:
+    sub-group by sub-group, so a save or load visits each once). For saving (for_load False) a
+    parameter replicated over tp (LayerNorms, row-parallel biases) is taken from tp rank 0 only and
+    the tied embedding from the first stage only: each piece is written once. `copy_to_host` copies
+    the pieces to host memory now (async save: training goes on changing the originals). Creates
+    Adam's state where torch has not yet (a resume before the first step): a load needs somewhere
+    to put the moments."""
+    link_adam_state(engine)
+    states = zero_states(engine)
     state: dict[str, Pieces] = {}
-    for name, param in _local_parameters(engine):
+    for name, param in by_position(list(_local_parameters(engine)), states):
         split = getattr(param, "tp_split", None)
         if not for_load and ((split is None and topo.tp_rank) or (name.startswith("transformer.wte.")
                                                                    and topo.pp_rank)):
@@ -119,61 +133,48 @@ def sharded_state(engine: deepspeed.DeepSpeedEngine, topo: Topology, copy_to_hos
         local_shape = tuple(getattr(param, "ds_shape", param.shape))
         shape = list(local_shape)
         if split is not None:
-            shape[split[0]] *= tp_size
+            shape[split[0]] *= topo.layout.tp
         for key in STATES:
-            start, flat = _local_range(param, key, name)
-            if copy_to_host or (for_load and hasattr(param, "ds_tensor")):
-                # A host copy to write from, or (ZeRO-3) to read into and hand to DeepSpeed in install:
-                # its getter returns a copy, not its storage, where the fp32 state is offloaded.
-                flat = flat.to("cpu", copy=True)
-            pieces = rectangles(flat, start, local_shape, split, topo.tp_rank, tp_size)
-            state[f"{key}.{name}"] = Pieces(torch.Size(shape), flat, pieces)
+            start, flat = local_range(param, key, name, states)
+            fetch = _fetcher(param, key, name, states, flat, copy_to_host, for_load)
+            state[f"{key}.{name}"] = Pieces(torch.Size(shape), flat.dtype, flat.numel(), start, local_shape,
+                                            split, topo.tp_rank, topo.layout.tp, fetch, states)
+    if states is not None:
+        states.put_away()
     return state
 
 
-def _local_range(param: torch.nn.Parameter, key: str, name: str) -> tuple[int, torch.Tensor]:
-    """(start, values): this rank's ZeRO range of `param`'s (tp-local, flattened) fp32 weight or
-    Adam moment `key`, padding cut."""
-    if hasattr(param, "ds_tensor"):  # ZeRO-3: equal ceil-sized partitions, the last one padded
-        size = param.ds_tensor.ds_numel
-        start = min(param.ds_numel, size * dist.get_rank(group=param.ds_process_group))
-        return start, _get_local(param, key)[: min(size, param.ds_numel - start)]
-    mapping = getattr(param, "_hp_mapping", None)  # ZeRO-1/2: a fragment of the flat partition, or none
-    if mapping is None:
-        if hasattr(param, "_hp_mapping"):
-            return 0, torch.empty(0)
-        raise CheckpointError(f"{name}: no ZeRO fp32 state to checkpoint; megagpt checkpoints ZeRO stages "
-                              "1-3: set parallel.zero_stage to 1, 2, 3 or auto")
-    value = mapping.hp_fragment if key == STATES[0] else mapping.get_optim_state_fragment(key)
-    return mapping.lp_fragment_address.start, value.flatten()
+def _fetcher(param: torch.nn.Parameter, key: str, name: str, states: SubGroupStates | None,
+             flat: torch.Tensor, copy_to_host: bool, for_load: bool) -> Callable[[], torch.Tensor]:
+    """How DCP reaches a piece: a host copy taken now, ZeRO-1/2's range (always in memory), or
+    ZeRO-3's range fetched through its sub-group when DCP gets to it."""
+    if copy_to_host:
+        copy = flat.to("cpu", copy=True)
+        return lambda: copy
+    if states is None:
+        return lambda: flat
+    return lambda: local_range(param, key, name, _Writing(states) if for_load else states)[1]
+
+
+class _Writing:
+    """SubGroupStates as seen by a load: every view handed out is written to."""
+
+    def __init__(self, states: SubGroupStates):
+        self.states = states
+
+    def view(self, param: torch.nn.Parameter, key: str) -> torch.Tensor:
+        return self.states.view(param, key, for_write=True)
 
 
 def install(engine: deepspeed.DeepSpeedEngine, state: dict[str, Pieces]) -> None:
-    """After a load into `state`: hand ZeRO-3's fp32 ranges to DeepSpeed, and refresh the model's own
-    (bf16 on a GPU) weights from the fp32 ones, which the optimizer does not do until its next step.
-    ZeRO-1/2's ranges were views of DeepSpeed's storage: loaded in place."""
-    for name, param in _local_parameters(engine):
-        if not hasattr(param, "ds_tensor"):
-            continue
-        for key in STATES:
-            loaded = state[f"{key}.{name}"].flat
-            padded = _get_local(param, key).detach().clone()  # the setters take the padded partition
-            padded[: loaded.numel()].copy_(loaded)
-            if key == STATES[0]:
-                safe_set_local_fp32_param(param, padded)
-                # The partition the forward gathers: the setter updates only the fp32 master.
-                param.ds_tensor.data.copy_(padded.to(param.ds_tensor.device, param.ds_tensor.dtype))
-            else:
-                safe_set_local_optimizer_state(param, padded, key)
+    """After a load into `state`: ZeRO-3's last sub-group written back (each refreshes the model's
+    own, bf16 on a GPU, weights from its fp32 ones as it is put away); ZeRO-1/2's ranges were views
+    of DeepSpeed's storage, loaded in place, and the model's weights are refreshed from them here
+    (the optimizer does not do it until its next step)."""
+    for states in {id(p.states): p.states for p in state.values() if p.states is not None}.values():
+        states.put_away()
     if hasattr(engine.optimizer, "update_lp_params"):  # ZeRO-1/2: fp32 partitions -> all weights
         engine.optimizer.update_lp_params()
-
-
-def _get_local(param: torch.nn.Parameter, key: str) -> torch.Tensor:
-    """ZeRO-3's padded partition of `param`'s fp32 weight or Adam moment `key`."""
-    if key == STATES[0]:
-        return safe_get_local_fp32_param(param)
-    return safe_get_local_optimizer_state(param, key)
 
 
 class PiecesSavePlanner(DefaultSavePlanner):
@@ -185,7 +186,7 @@ class PiecesSavePlanner(DefaultSavePlanner):
     def create_local_plan(self) -> SavePlan:
         items = []
         for fqn, pieces in self.state_dict.items():
-            properties = TensorProperties(dtype=pieces.flat.dtype)
+            properties = TensorProperties(dtype=pieces.dtype)
             items += [WriteItem(index=MetadataIndex(fqn, chunk.offsets), type=WriteItemType.SHARD,
                                 tensor_data=TensorWriteData(chunk, properties, pieces.shape))
                       for chunk in pieces.chunks()]
@@ -193,7 +194,7 @@ class PiecesSavePlanner(DefaultSavePlanner):
         return self.plan
 
     def resolve_data(self, write_item: WriteItem) -> torch.Tensor:
-        return self.state_dict[write_item.index.fqn].rectangles[tuple(write_item.index.offset)]
+        return self.state_dict[write_item.index.fqn].rectangles()[tuple(write_item.index.offset)]
 
 
 class PiecesLoadPlanner(DefaultLoadPlanner):
@@ -223,30 +224,5 @@ class PiecesLoadPlanner(DefaultLoadPlanner):
 
     def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
         index = read_item.dest_index
-        rectangle = self.state_dict[index.fqn].rectangles[tuple(index.offset)]
+        rectangle = self.state_dict[index.fqn].rectangles()[tuple(index.offset)]
         return self.transform_tensor(read_item, rectangle)  # the part of it this read fills
-
-
-def _link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
-    """Make Adam's state exist for every flat fp32 partition and DeepSpeed's per-parameter views of
-    it point there. torch's AdamW creates its state at the first step (a run resumed under another
-    layout has not stepped yet), and DeepSpeed 0.19's ZeRO-1/2 links the views once, inside the
-    first param group's first step, when the second group (biases, LayerNorms) has no state yet."""
-    zero = engine.optimizer
-    # ZeRO-3 steps its fp32 partitions by swapping them into the param groups one at a time.
-    flats = [p for group in zero.optimizer.param_groups for p in group["params"]]
-    for flat in flats + list(getattr(zero, "fp32_partitioned_groups_flat", [])):
-        state = zero.optimizer.state[flat]
-        if not state:
-            state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
-                         exp_avg_sq=torch.zeros_like(flat))
-    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
-        zero._hp_optimizer_states_linked = False
-        zero._lazy_init_hp_params_optimizer_state()
-
-
-def adam_step(engine: deepspeed.DeepSpeedEngine) -> float:
-    steps = {float(state["step"]) for state in engine.optimizer.optimizer.state.values()}
-    if len(steps) != 1:
-        raise RuntimeError(f"Adam's step counts differ between parameter groups: {sorted(steps)}")
-    return steps.pop()
