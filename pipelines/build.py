@@ -55,7 +55,7 @@ from pipelines.dedup import (
 from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, settle, world
 from pipelines.sources import Chunk, list_inputs, plan_chunks
-from pipelines.workarea import WorkArea, run_units, save_array, save_json
+from pipelines.workarea import WorkArea, content_hash, run_units, save_array, save_json
 
 log = logging.getLogger("pipelines.build")
 RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of digests)
@@ -130,7 +130,7 @@ class _Build:
             chunks = plan_chunks(self.files, self.s.chunk_bytes(total))
             given = self.s.tokenizer and [self.s.tokenizer, Tokenizer.load(self.s.tokenizer).sha256]
             plan = {"settings": self.s.manifest() | {"tokenizer": given},
-                    "inputs": [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in self.files],
+                    "inputs": [[str(p), p.stat().st_size, content_hash(p)] for p in self.files],
                     "chunks": [[[p.file, p.start, p.end] for p in c.pieces] for c in chunks]}
             plan = json.loads(json.dumps(plan))  # as it reads back from the file
             self._keep_unchanged_steps(plan)

@@ -132,3 +132,19 @@ def test_bad_tokenizer_options_name_the_option(articles, tmp_path, capsys, caplo
     assert f"skipping unreadable input {tmp_path / 'broken.html.gz'}" in caplog.text
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["stages"]["read"]["dropped"] == {
         "unreadable_file": 1}
+
+
+def test_an_input_rewritten_in_place_with_its_size_and_mtime_is_noticed(articles, tmp_path, caplog):
+    """A continued build compares the inputs' content hashes: a file rewritten with the same size
+    and mtime (cp -p, rsync -t, a restored backup) is read again, not taken from the work area."""
+    docs = write_jsonl(tmp_path / "docs.jsonl", articles[:20])
+    out = tmp_path / "shards"
+    with pytest.raises(ValueError, match="--vocab-size 60000 cannot be trained"):
+        build([docs], out, vocab_size=60000, valid_fraction=0.0)  # fails after map: the work area stays
+    stat = docs.stat()
+    docs.write_bytes(docs.read_bytes().replace(b" the ", b" THE "))  # same length
+    os.utime(docs, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (docs.stat().st_size, docs.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    caplog.set_level("INFO")
+    build([docs], out, vocab_size=500, valid_fraction=0.0)
+    assert "redoing from its map step (changed: inputs, vocab_size)" in caplog.text
