@@ -311,6 +311,7 @@ def train(cfg: RunConfig) -> int:
     """Check, build, resume and run; returns the exit code (preemption.REQUEUE_EXIT_CODE when
     stopped by a signal)."""
     stop = preemption.StopRequest()  # before the (long) build and resume: a signal then is not fatal
+    preemption.watch_launcher(stop)  # a launcher that exits without signalling the ranks stops them too
     layout = run_layout(cfg)  # refuses an impossible layout before any compute
     log.info("layout: %s | %s", describe_layout(layout, cfg, not on_cpu()), get_accelerator().device_name())
     check_writable(cfg)
