@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from megagpt.formats.shards import FORMAT, MANIFEST_NAME, ShardWriter, token_dtype, write_manifest
+from megagpt.formats.shards import (
+    FORMAT,
+    MANIFEST_NAME,
+    ShardWriter,
+    chunk_shard_pattern,
+    token_dtype,
+    write_manifest,
+)
 from megagpt.formats.tokenizer import Tokenizer
 from pipelines.build_settings import STEPS, TOKENIZER_FILE, BuildSettings
 from pipelines.chunk_map import ChunkMapper
@@ -370,7 +377,7 @@ class _Build:
         docs = np.load(self.area.file("map", unit, "docs.npz"))
         fate = np.load(self.area.file("decide", unit, "fate.npz"))["fate"]
         tok, dtype = self.tokenizer, token_dtype(self.tokenizer.vocab_size)
-        pattern = f"corpus-{unit:06d}-{{:03d}}.tar"
+        pattern = chunk_shard_pattern(unit)
         cap = self.s.max_shard_tokens
         with (ShardWriter(self.area.out, tok.vocab_size, cap, pattern) as train,
               ShardWriter(self.area.out / "valid", tok.vocab_size, cap, pattern) as valid):

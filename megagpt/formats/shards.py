@@ -1,9 +1,12 @@
 """The token shard format shared by pipelines (writer) and megagpt.training.data (reader).
 
-A shard folder holds `corpus-000000.tar`, ... and `manifest.json`. Each tar is a webdataset
-shard: one sample per document with `__key__`, `tokens.npy` (the document's token ids ending in
-end-of-text; uint16 when the vocabulary fits, else uint32) and `meta.json` (source, url when
-known). The manifest names the tokenizer (file beside it, sha256, vocab size, eos id), the
+A shard folder holds `corpus-000000-000.tar`, ... (pipelines.build writes the documents of
+each chunk of its input as `corpus-<chunk>-<part>.tar`: chunk_shard_pattern) and
+`manifest.json`. Each tar is a webdataset shard: one sample per document, the tar members
+`KEY.tokens.npy` (the document's token ids ending in
+end-of-text; uint16 when the vocabulary fits, else uint32) and `KEY.meta.json` (source, url when
+known), KEY being webdataset's `__key__` (the hex digest of the document's text). The manifest
+names the tokenizer (file beside it, sha256, vocab size, eos id), the
 shard list with per-shard document and token counts and the sha256 of each tar file, and the
 per-stage counts of the build. Readers given the sha256 verify it: the reader holds the whole
 file in memory anyway, and hashing it costs little next to reading it (bench/shard_integrity.py).
@@ -22,13 +25,18 @@ from typing import Any
 
 import numpy as np
 
-SHARD_PATTERN = "corpus-{:06d}.tar"
+SHARD_PATTERN = "corpus-{:06d}.tar"  # ShardWriter's names when not given a pattern
 MANIFEST_NAME = "manifest.json"
 FORMAT = "megagpt-shards/1"
 
 
 class ShardError(ValueError):
     """A shard folder or file that cannot be read; the message names it and the fix."""
+
+
+def chunk_shard_pattern(chunk: int) -> str:
+    """The ShardWriter pattern of a corpus build's shards of input chunk `chunk`."""
+    return f"corpus-{chunk:06d}-{{:03d}}.tar"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
