@@ -179,8 +179,10 @@ class TrainConfig:
     grad_accum: int = 1
     resume: str = "auto"  # "auto": latest checkpoint in checkpoint.dir if any; "never"; or a path
     # A step whose loss or gradient norm is not finite: "stop" ends the run before anything is saved;
-    # "skip" leaves the weights as they were (DeepSpeed does not apply the update) and counts it.
-    on_nonfinite: Literal["stop", "skip"] = "stop"
+    # "skip" leaves the weights as they were (DeepSpeed does not apply the update) and counts it;
+    # "rewind" goes back to the newest checkpoint whose loss was finite and on past the batches since
+    # (at most 3 times a run; megagpt.training.divergence).
+    on_nonfinite: Literal["stop", "skip", "rewind"] = "stop"
     # auto: bf16 mixed precision on a GPU (bf16 weights and activations, fp32 master weights and
     # Adam), fp32 on a CPU; fp32 on a GPU too for a reference curve or to rule precision out.
     precision: Literal["auto", "bf16", "fp32"] = "auto"

@@ -10,8 +10,10 @@ clipping (megagpt.training.engine builds it). The run directory (log.dir) receiv
 metrics.jsonl and TensorBoard events; checkpoints go to checkpoint.dir.
 
 Before any compute the run checks what it will need (megagpt.training.preflight). A step whose loss or
-gradient norm is not finite ends the run before it saves anything (exit 1), or with
-train.on_nonfinite=skip is skipped and counted. Each log line reports the interval's mean loss, the
+gradient norm is not finite ends the run before it saves anything (exit 1), naming the newest
+checkpoint whose loss was sane; with train.on_nonfinite=skip it is skipped and counted; with
+rewind the run goes back to that checkpoint and on past the batches that led to the spike
+(megagpt.training.divergence). Each log line reports the interval's mean loss, the
 training rate (tokens/s, FLOP/s, MFU on a known GPU) timed over the training steps alone (not the
 evaluation, checkpoints and samples between them), and the peak memory of the busiest rank (GPU:
 allocated; CPU: resident), each rank's in TensorBoard.
@@ -52,6 +54,14 @@ from megagpt.tasks.evaluate import run_task
 from megagpt.tasks.generate import sample
 from megagpt.training import preemption
 from megagpt.training.data import DataState, MixtureDataset, RankBatches, ShardDataset, open_dataset
+from megagpt.training.divergence import (
+    MAX_REWINDS,
+    Diverged,
+    check_skippable,
+    diverged_message,
+    last_sane_checkpoint,
+    nonfinite,
+)
 from megagpt.training.engine import build_engine, init_distributed, leave_distributed, on_cpu, run_layout
 from megagpt.training.metrics import MetricsWriter
 from megagpt.training.preflight import (
@@ -64,10 +74,6 @@ from megagpt.training.preflight import (
 
 log = logging.getLogger("megagpt.train")
 DIVERGED_EXIT_CODE = 1
-
-
-class Diverged(RuntimeError):
-    """A step's loss or gradient norm was not finite and train.on_nonfinite does not allow skipping it."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -161,6 +167,8 @@ class Trainer:
     tokenizer: Tokenizer
     stop: preemption.StopRequest
     skipped: int = 0
+    rewinds: int = 0  # train.on_nonfinite=rewind: times this run went back to a sane checkpoint
+    step_loss: float = math.nan  # the last step's mean loss over the world, what a checkpoint records
     metrics: MetricsWriter = field(init=False)
     interval: Interval = field(init=False)
     flops_per_token: float = field(init=False)
@@ -182,6 +190,8 @@ class Trainer:
         try:
             while self.engine.global_steps < t.max_steps:
                 step = self.step()
+                if step is None:  # rewound to an earlier checkpoint
+                    continue
                 last = step == t.max_steps
                 if last or due(step, self.cfg.log.interval):
                     self.log_interval(step)
@@ -198,19 +208,23 @@ class Trainer:
         finally:
             self.metrics.close()
 
-    def step(self) -> int:
-        """One optimizer step, timed, its loss accounted for (or the run stopped if it diverged)."""
+    def step(self) -> int | None:
+        """One optimizer step, timed, its loss accounted for (or the run stopped if it diverged);
+        None when it was not finite and the run rewound."""
         start = time.perf_counter()
         self.interval.lr = self.engine.get_lr()[0]  # the rate this step uses; step() advances it
         loss = train_step(self.engine, self.batches, self.cfg.train.grad_accum, self.topo.layout.pp > 1)
-        problem = nonfinite(self.engine, loss)  # reads the loss: the device has finished the step
+        problem, self.step_loss = nonfinite(self.engine, loss)  # reads the loss: the step is done
         self.interval.seconds += time.perf_counter() - start
         step = self.engine.global_steps
         self.interval.steps += 1
         if problem is None:
             self.interval.loss_sum += loss
             self.interval.finite += 1
+        elif self.cfg.train.on_nonfinite == "rewind":
+            return self.rewind(step, problem)
         else:
+            self.saver.wait()  # a checkpoint being written counts among those the error names
             check_skippable(self.cfg, self.engine, step, problem)
             self.skipped += 1
             log.warning("step %d: %s; skipped (train.on_nonfinite=skip): the weights are unchanged, "
@@ -233,6 +247,8 @@ class Trainer:
             "flops_per_sec_per_device": tokens_per_sec * self.flops_per_token / world,
             "peak_memory_gib": max(memory),
         }
+        if self.cfg.train.on_nonfinite == "rewind":
+            values["rewinds"] = self.rewinds
         if self.cfg.train.on_nonfinite == "skip":
             values["skipped_steps"] = self.skipped
             values["nonfinite"] = iv.steps - iv.finite  # the interval's steps left out of its loss
@@ -272,10 +288,27 @@ class Trainer:
     def save(self, step: int, stopping: bool) -> None:
         if stopping:
             self.stop.ignore_more()
+        loss = self.step_loss if math.isfinite(self.step_loss) else None  # what divergence looks for
         client = {"data": self.batches.state.to_dict(), "tokenizer_sha256": self.train_data.tokenizer_sha256,
-                  "skipped_steps": self.skipped}
+                  "skipped_steps": self.skipped, "loss": loss}
         path = self.saver.save(step, client)
         log.info("checkpoint %s%s", path, " being written in the background" if self.saver.async_save else "")
+
+    def rewind(self, step: int, problem: str) -> None:
+        """Back to the newest checkpoint whose loss was sane (weights, optimizer, schedule, RNG),
+        the data going on from here: the batches since that checkpoint are skipped."""
+        self.saver.wait()
+        good = last_sane_checkpoint(self.cfg.checkpoint_dir)
+        if good is None or self.rewinds >= MAX_REWINDS:
+            why = (f"rewound {self.rewinds} times already (at most {MAX_REWINDS})" if good is not None
+                   else f"no checkpoint with a sane loss to rewind to in {self.cfg.checkpoint_dir}")
+            raise Diverged(diverged_message(self.cfg, step, problem, f"training diverged and {why}", ""))
+        self.rewinds += 1
+        checkpoint.verify(good, rank=dist.get_rank(), world=dist.get_world_size())
+        checkpoint.load(self.engine, self.topo, good)
+        self.interval.reset()
+        log.warning("step %d: %s; rewound to %s (train.on_nonfinite=rewind, %d of %d), the batches since "
+                    "skipped", step, problem, good.name, self.rewinds, MAX_REWINDS)
 
     def requeue(self, step: int) -> int:
         self.saver.wait()  # requeued only once the checkpoint is published
@@ -348,39 +381,6 @@ def train(cfg: RunConfig) -> int:
                        skipped).run()
     finally:
         saver.wait()  # a background save in flight is finished (and published) before the run ends
-
-
-def nonfinite(engine: deepspeed.DeepSpeedEngine, loss: torch.Tensor) -> str | None:
-    """What was not finite in the step just taken, the same on every rank; None when all was."""
-    total = loss.detach().clone()
-    dist.all_reduce(total)  # a NaN or inf on any rank reaches all
-    norm = engine.get_global_grad_norm()  # already global
-    problems = []
-    if not math.isfinite(total.item()):
-        problems.append(f"loss {total.item() / dist.get_world_size()}")
-    if norm is not None and not math.isfinite(float(norm)):
-        problems.append(f"grad norm {float(norm)}")
-    if not problems and not engine.was_step_applied():  # DeepSpeed's own overflow check skipped it
-        problems.append("gradients not finite")
-    return " and ".join(problems) or None
-
-
-def check_skippable(cfg: RunConfig, engine: deepspeed.DeepSpeedEngine, step: int, problem: str) -> None:
-    """Raise Diverged unless the non-finite step can be skipped. DeepSpeed's ZeRO optimizers refuse
-    to apply an update whose gradient norm is not finite (they zero the gradients, leave the lr
-    schedule and weights as they were, count engine.skipped_steps): skipping is keeping that."""
-    t = cfg.train
-    if t.on_nonfinite == "skip" and not engine.was_step_applied():
-        return
-    if t.on_nonfinite == "skip":
-        why, skip = "DeepSpeed applied its update (its gradients were finite), so it cannot be skipped", ""
-    else:
-        why, skip = "training diverged", ", or set train.on_nonfinite=skip to skip such steps"
-    raise Diverged(
-        f"step {step}: {problem}: {why}. The run stops without saving this step; the checkpoints in "
-        f"{cfg.checkpoint_dir} are as they were. Lower train.lr (now {t.lr}) or raise train.warmup_steps "
-        f"and resume{skip}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,6 +195,30 @@ def test_diverging_run_stops_before_saving_with_a_nonzero_exit(corpus, tmp_path)
     assert [p.name for p in checkpoint.published(run / "checkpoints")] == ["step00000001", "step00000002"]
     assert checkpoint.latest(run / "checkpoints").name == "step00000002"
     assert [m["step"] for m in read_metrics(run)] == [1, 2]  # nothing logged for the bad step either
+    # step 2's loss is finite but a spike (about 1e9 after 6.3): `latest` is not the one to resume from
+    assert read_metrics(run)[1]["loss"] > 1e6
+    good = run / "checkpoints" / "step00000001"
+    assert f"resume from {good} (train.resume={good}), the newest checkpoint whose loss was sane" \
+        in proc.stderr
+
+
+@pytest.mark.slow
+def test_rewind_goes_back_to_the_last_sane_checkpoint_at_most_three_times(corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = train_alone(run, corpus, "train.max_steps=8", "train.lr=1e4", "train.on_nonfinite=rewind",
+                       "checkpoint.interval=1", "checkpoint.keep_last=0")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    for n in (1, 2, 3):
+        assert f"rewound to step00000001 (train.on_nonfinite=rewind, {n} of 3), the batches since skipped" \
+            in proc.stderr
+    assert "training diverged and rewound 3 times already (at most 3)" in proc.stderr
+    logged = read_metrics(run)
+    assert [m["rewinds"] for m in logged][:2] == [0, 0]
+    assert {m["rewinds"] for m in logged[2:]} <= {1, 2, 3} and len(logged) > 2  # steps retried, counted
+    # each retry read new batches: the data position went on past the ones before the spike
+    windows = [torch.load(p / "trainer_state.pt", weights_only=True)["client_state"]["data"]["window"]
+               for p in checkpoint.published(run / "checkpoints")]
+    assert windows == sorted(windows)
 
 
 @pytest.mark.slow
