@@ -44,7 +44,7 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     ("train.lr=.inf", "train.lr=inf in {tiny} + command-line overrides is not a finite number"),
     ("train.lr=[", "override 'train.lr=[' is not a valid YAML value: "),
     ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' in {tiny} + command-line overrides: "
-                                  "choose one of ('stop', 'skip')"),
+                                  "choose one of ('stop', 'skip', 'rewind')"),
     ("sample.temperature=-1", "sample.temperature must be 0 or positive, got -1.0"),
     ("sample.max_new_tokens=-5", "sample.max_new_tokens must be 0 or positive, got -5"),
 ])
