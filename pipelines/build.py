@@ -12,8 +12,9 @@ its manifest.json and a copy of the tokenizer. Every stage counts documents in, 
 reason, and the counts reconcile.
 
 At scale: the input is cut into chunks (pipelines/sources.py) and every step is a set of units
-(a chunk, or a hash range for the dedup decisions) whose results are files in the work area
-`OUT.build/` (pipelines/workarea.py). Ranks claim units as they go, so memory per rank is bounded
+(a chunk, or a hash range for the dedup decisions: pipelines/build_dedup.py) whose results are
+files in the work area `OUT.build/` (pipelines/workarea.py); the tokenizer steps are in
+pipelines/build_tokenizer.py. Ranks claim units as they go, so memory per rank is bounded
 by a chunk or a hash range, never by the corpus, and no rank gathers documents, signatures or
 tokens: rank 0 only sums counts and lists shards. Decisions depend on document keys (place in the
 sorted input), never on which rank did what, so `-n K` writes the same files as `-n 1`. A build
@@ -27,7 +28,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import resource
 import shutil
@@ -49,25 +49,25 @@ from megagpt.formats.shards import (
     write_manifest,
 )
 from megagpt.formats.tokenizer import Tokenizer
-from pipelines.build_settings import STEPS, TOKENIZER_FILE, BuildSettings
-from pipelines.chunk_map import ChunkMapper
-from pipelines.dedup import (
-    candidate_pairs,
-    exact_duplicate_keys,
-    lsh_bands,
-    near_duplicate_keys,
-    partition_rows,
-    verified_edges,
+from pipelines.build_dedup import DuplicateSteps
+from pipelines.build_settings import (
+    CONTAMINATED,
+    DUPLICATE,
+    NEAR_DUPLICATE,
+    STEPS,
+    TOKENIZER_FILE,
+    TRAIN,
+    VALID,
+    BuildSettings,
 )
+from pipelines.build_tokenizer import TokenizerSteps, sample_hash
+from pipelines.chunk_map import ChunkMapper
 from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, settle, world
 from pipelines.sources import Chunk, list_inputs, plan_chunks
-from pipelines.workarea import WorkArea, content_hash, run_units, save_array, save_json
+from pipelines.workarea import WorkArea, content_hash, run_units, save_json
 
 log = logging.getLogger("pipelines.build")
-RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of digests)
-# what happened to a document that passed the filters, stored as one byte a document
-TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
 
 
 def build(inputs: Sequence[str | Path], output: str | Path, settings: BuildSettings | None = None, *,
@@ -117,7 +117,7 @@ def _check_output(output: Path, inputs: Sequence[str | Path], force: bool) -> No
         raise PermissionError(f"--output {output}: cannot write in {parent}; choose a writable folder")
 
 
-class _Build:
+class _Build(DuplicateSteps, TokenizerSteps):
     """One build's steps; each reads what the step before left in the work area."""
 
     def __init__(self, settings: BuildSettings, files: list[Path], area: WorkArea, comm: Any, workers: int):
@@ -177,65 +177,6 @@ class _Build:
         mapper = ChunkMapper(self.s, self.files, self.area)
         self._run("map", range(len(self.chunks)), lambda unit: mapper.map(self.chunks[unit]))
 
-    # -- dedup decisions, a hash range at a time ----------------------------------------------
-
-    def decide_duplicates(self) -> None:
-        kept = sum(self.area.record("map", c.id)["kept"] for c in self.chunks)
-        self.exact_parts = self._partitions("exact", kept)
-        self._run("exact", range(self.exact_parts), self._exact_partition)
-        bands, _ = lsh_bands(self.s.near_threshold, self.s.num_perm)
-        self.near_parts = self._partitions("near", kept * bands)  # a band record a band a document
-        self._run("near", range(self.near_parts), self._near_partition)
-        edges = [np.load(self.area.file("near", p, "edges.npy")) for p in range(self.near_parts)]
-        self.near_duplicates = near_duplicate_keys(np.concatenate(edges) if edges else np.empty((0, 2)))
-
-    def _partitions(self, stage: str, records: int) -> int:
-        """How many hash ranges `stage` is cut into: fixed at its first attempt, so that a
-        continued build finds its finished ranges whatever its number of ranks."""
-        path = self.area.stage(stage) / "partitions.json"
-        if self.rank == 0 and not path.is_file():
-            parts = min(1 << 12, max(self.size, math.ceil(records / RECORDS_A_PARTITION)))
-            save_json(path, {"partitions": parts})
-        self.comm.Barrier()
-        return json.loads(path.read_text())["partitions"]
-
-    def _gather_partition(self, name: str, part: int, parts: int) -> np.ndarray:
-        """Every chunk's records of hash range `part`: read from the chunks' sorted files."""
-        pieces = []
-        for c in self.chunks:
-            bounds = np.load(self.area.file("map", c.id, f"{name}.bounds.npy"))
-            rows = partition_rows(bounds, part, parts)
-            if rows.stop > rows.start:
-                pieces.append(np.load(self.area.file("map", c.id, f"{name}.npy"), mmap_mode="r")[rows])
-        return np.concatenate(pieces) if pieces else np.empty(0)
-
-    def _exact_partition(self, part: int) -> None:
-        records = self._gather_partition("digests", part, self.exact_parts)
-        duplicates = exact_duplicate_keys(records) if len(records) else np.empty(0, np.uint64)
-        save_array(self.area.file("exact", part, "duplicates.npy"), duplicates.astype(np.uint64))
-        self.area.finish("exact", part, {"duplicates": len(duplicates)})
-
-    def _near_partition(self, part: int) -> None:
-        records = self._gather_partition("bands", part, self.near_parts)
-        pairs = candidate_pairs(records) if len(records) else np.empty((0, 2), np.uint64)
-        edges = verified_edges(pairs, self._signature_lookup(), self.s.near_threshold)
-        save_array(self.area.file("near", part, "edges.npy"), edges.astype(np.uint64).reshape(-1, 2))
-        self.area.finish("near", part, {"candidates": len(pairs), "edges": len(edges)})
-
-    def _signature_lookup(self) -> Callable[[int], np.ndarray]:
-        """The MinHash signature of a document key, read from its chunk's files (kept open)."""
-        cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-        def signature_of(key: int) -> np.ndarray:
-            chunk = int(np.searchsorted(self.first_keys, np.uint64(key), side="right")) - 1
-            if chunk not in cache:
-                keys = np.load(self.area.file("map", chunk, "docs.npz"))["keys"]
-                cache[chunk] = keys, np.load(self.area.file("map", chunk, "signatures.npy"), mmap_mode="r")
-            keys, sigs = cache[chunk]
-            return sigs[int(np.searchsorted(keys, np.uint64(key)))]
-
-        return signature_of
-
     # -- per chunk: what becomes of each document ---------------------------------------------
 
     def decide_documents(self) -> None:
@@ -260,7 +201,7 @@ class _Build:
             for part in range(self.exact_parts):
                 dups = np.load(self.area.file("exact", part, "duplicates.npy"), mmap_mode="r")
                 fate[np.isin(keys, _within(dups, keys[0], keys[-1]))] = DUPLICATE
-        sample = np.array([_sample_hash(d.tobytes(), self.s.seed) for d in docs["digests"]], np.uint64)
+        sample = np.array([sample_hash(d.tobytes(), self.s.seed) for d in docs["digests"]], np.uint64)
         np.savez(self.area.file("decide", unit, "fate.npz"), fate=fate, sample=sample)
         self.area.finish("decide", unit, {"fate": np.bincount(fate, minlength=CONTAMINATED
                                                               + len(self.eval_names)).tolist()})
@@ -296,73 +237,6 @@ class _Build:
                                   "valid": int(fate[VALID])}
         log.info("%-12s %8d in %8d train %d valid", "split", *counts.stages["split"].values())
         return counts.stages
-
-    # -- tokenizer ----------------------------------------------------------------------------
-
-    def make_tokenizer(self) -> None:
-        """The given tokenizer, or one trained on rank 0 on a sample of train documents."""
-        path = self.area.work / TOKENIZER_FILE
-        if not path.is_file() and self.s.tokenizer is None:
-            self.sample_threshold = self._sample_threshold()
-            self._run("sample", range(len(self.chunks)), self._sample_chunk)
-        error = None
-        if self.rank == 0 and not path.is_file():
-            try:
-                self._write_tokenizer(path)
-            except ValueError as err:
-                error = str(err)
-        settle(self.comm)  # rank 0 may train for minutes
-        error = self.comm.bcast(error, root=0)
-        if error:
-            raise ValueError(error)
-        self.tokenizer = Tokenizer.load(path)
-
-    def _write_tokenizer(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        if self.s.tokenizer is not None:
-            shutil.copyfile(self.s.tokenizer, tmp)
-        else:
-            texts = list(self._sample_texts())
-            log.info("training a %d-piece BPE tokenizer on %d documents", self.s.vocab_size, len(texts))
-            try:
-                Tokenizer.train(texts, tmp, self.s.vocab_size, seed=self.s.seed)
-            except RuntimeError as err:  # sentencepiece: "Vocabulary size too high (N) ..."
-                tmp.unlink(missing_ok=True)
-                raise ValueError(f"--vocab-size {self.s.vocab_size} cannot be trained on {len(texts)} "
-                                 f"documents ({err}); lower --vocab-size or give more text") from None
-        os.replace(tmp, path)
-
-    def _sample_threshold(self) -> int:
-        """The tokenizer_sample-th smallest sample hash of all train documents: found by bisection
-        over the ranks' own smallest hashes, so no rank holds more than tokenizer_sample of them."""
-        k = self.s.tokenizer_sample
-        smallest = np.empty(0, np.uint64)
-        for c in self.chunks[self.rank :: self.size]:
-            decided = np.load(self.area.file("decide", c.id, "fate.npz"))
-            smallest = np.sort(np.concatenate([smallest, decided["sample"][decided["fate"] == TRAIN]]))[:k]
-        low, high = 0, (1 << 64) - 1
-        if self.comm.allreduce(len(smallest)) <= k:
-            return high
-        while low < high:  # the least threshold that k hashes are at or below
-            middle = (low + high) // 2
-            if self.comm.allreduce(int(np.searchsorted(smallest, np.uint64(middle), side="right"))) >= k:
-                high = middle
-            else:
-                low = middle + 1
-        return low
-
-    def _sample_chunk(self, unit: int) -> None:
-        decided = np.load(self.area.file("decide", unit, "fate.npz"))
-        chosen = (decided["fate"] == TRAIN) & (decided["sample"] <= np.uint64(self.sample_threshold))
-        with zstandard.open(self.area.file("sample", unit, "texts.zst"), "wt", encoding="utf-8") as out:
-            for text in (d["text"] for d, take in zip(self._texts(unit), chosen) if take):
-                out.write(json.dumps(text, ensure_ascii=False) + "\n")
-        self.area.finish("sample", unit, {"documents": int(chosen.sum())})
-
-    def _sample_texts(self) -> Iterator[str]:
-        for c in self.chunks:
-            with zstandard.open(self.area.file("sample", c.id, "texts.zst"), "rt", encoding="utf-8") as f:
-                yield from (json.loads(line) for line in f)
 
     def _texts(self, unit: int) -> Iterator[dict[str, Any]]:
         with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "rt", encoding="utf-8") as f:
@@ -467,11 +341,6 @@ def _is_valid(digest: str, valid_fraction: float, seed: int) -> bool:
     """A document's side depends only on its text and the seed, not on input order or location."""
     h = hashlib.blake2b(f"{seed}:{digest}".encode(), digest_size=8).digest()
     return int.from_bytes(h) / 2**64 < valid_fraction
-
-
-def _sample_hash(digest: bytes, seed: int) -> int:
-    """Orders train documents for the tokenizer sample: the sample is the smallest ones."""
-    return int.from_bytes(hashlib.blake2b(digest, digest_size=8, key=f"sample{seed}".encode()).digest())
 
 
 def _within(sorted_keys: np.ndarray, first: np.uint64, last: np.uint64) -> np.ndarray:

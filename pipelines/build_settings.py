@@ -17,6 +17,8 @@ from pipelines.overlap import parse_named
 
 TOKENIZER_FILE = "tokenizer.model"
 MIB = 1 << 20
+# what the decide step makes of a document that passed the filters, one byte a document
+TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
 
 
 def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
