@@ -18,6 +18,7 @@ from typing import Any
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.ops.adam import DeepSpeedCPUAdam
 
 from megagpt.checkpoint.folders import CheckpointError
 
@@ -94,13 +95,28 @@ def link_adam_state(engine: deepspeed.DeepSpeedEngine) -> None:
     first param group's first step, when the second group (biases, LayerNorms) has no state yet.
     (With the optimizer offloaded DeepSpeed creates every sub-group's state when it starts.)"""
     zero = engine.optimizer
+    # DeepSpeed's CPU Adam (with offload) counts steps in an int, torch's AdamW in a tensor (one
+    # each: a shared one would count every sub-group's step).
+    cpu_adam = isinstance(zero.optimizer, DeepSpeedCPUAdam)
+
+    def fresh(flat: torch.Tensor) -> dict[str, Any]:
+        return {"step": 0 if cpu_adam else torch.zeros(()), "exp_avg": torch.zeros_like(flat),
+                "exp_avg_sq": torch.zeros_like(flat)}
+
     # ZeRO-3 steps its fp32 partitions by swapping them into the param groups one at a time.
     flats = [p for group in zero.optimizer.param_groups for p in group["params"]]
-    for flat in flats + list(getattr(zero, "fp32_partitioned_groups_flat", [])):
-        state = zero.optimizer.state[flat]
-        if not state:
-            state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(flat),
-                         exp_avg_sq=torch.zeros_like(flat))
+    for flat in flats:
+        if not zero.optimizer.state[flat]:
+            zero.optimizer.state[flat].update(fresh(flat))
+    for group, flat in enumerate(getattr(zero, "fp32_partitioned_groups_flat", [])):
+        if zero.optimizer.state[flat]:
+            continue
+        swapped = zero._swappable_optimizer_subgroup(group)
+        if swapped:  # in memory to be given its moments, which swapping out then writes to its files
+            zero._optimizer_states_and_gradient_swap_in(group)
+        zero.optimizer.state[flat].update(fresh(flat))
+        if swapped:
+            zero._optimizer_states_and_gradient_swap_out(group)
     if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2 (ZeRO-3 looks states up)
         zero._hp_optimizer_states_linked = False
         zero._lazy_init_hp_params_optimizer_state()

@@ -36,7 +36,6 @@ def training_values(run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool)
     }
 
 
-
 def device_values(on_gpu: bool, precision: str, precision_source: str) -> Wanted:
     """The optimizer implementation and precision for this device, `precision` as train.precision."""
     return {
@@ -46,11 +45,13 @@ def device_values(on_gpu: bool, precision: str, precision_source: str) -> Wanted
     }
 
 
-def build_ds_config(path: str | Path, run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool
-                    ) -> tuple[dict[str, Any], list[str]]:
-    """The DeepSpeed config of a pre-training run, and one line per "auto" value it filled."""
+def build_ds_config(path: str | Path, run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool,
+                    offload: Wanted | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The DeepSpeed config of a pre-training run (with `offload`'s entries: megagpt.training.offload),
+    and one line per "auto" value it filled."""
     defaults = {"optimizer.params.betas": (PRETRAINING_BETAS, "pre-training default")}
-    return fill_ds_config(path, training_values(run, dp_size, zero_stage, on_gpu), defaults)
+    return fill_ds_config(path, {**training_values(run, dp_size, zero_stage, on_gpu), **(offload or {})},
+                          defaults)
 
 
 def fill_ds_config(path: str | Path, wanted: Wanted, defaults: Wanted | None = None

@@ -31,6 +31,7 @@ from megagpt.parallel.topology import Topology
 from megagpt.sizing.flops import accelerator_name, device_peak_flops
 from megagpt.sizing.layout_rules import Devices, plan_layout
 from megagpt.training.deepspeed_config import build_ds_config
+from megagpt.training.offload import offload_values
 
 log = logging.getLogger("megagpt.training.engine")
 
@@ -127,12 +128,13 @@ def build_engine(cfg: RunConfig, topo: Topology
     a PipelineStage: the stage's engine under megagpt's pipeline schedule); and one line per
     ds_config.json value filled from `cfg`."""
     layout = topo.layout
-    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage,
-                                        on_gpu=not on_cpu())
+    on_gpu = not on_cpu()
+    ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage, on_gpu,
+                                        offload=offload_values(cfg, layout, on_gpu))
     model = build_model(cfg, topo, ds_config)
     compile_model = cfg.parallel.compile
     if compile_model == "auto":  # where it can help: see plan_layout's refusal for where it cannot
-        compile_model = not on_cpu() and layout.pp == 1 and layout.zero_stage < 3
+        compile_model = on_gpu and layout.pp == 1 and layout.zero_stage < 3
     engine = initialize(model, ds_config, cfg.train.weight_decay, warmup_cosine(cfg.train), mpu=topo.mpu,
                         compile_model=compile_model)
     if layout.pp > 1:  # megagpt's pipeline schedule drives the stage's engine
