@@ -35,14 +35,23 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
   fi
-  # DeepSpeed JIT-compiles its shared-memory comm op at the first init (about a minute, then cached
-  # in ~/.cache/torch_extensions). Do it once here rather than inside the first run or test.
+  # ZeRO-Infinity's NVMe offload needs DeepSpeed's async_io op, which builds against libaio.
+  if [ ! -e /usr/include/libaio.h ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing libaio-dev (DeepSpeed's async_io op, for parallel.offload_*=nvme)"
+    apt-get install -y -qq libaio-dev >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libaio-dev; }
+  fi
+  # DeepSpeed JIT-compiles its ops at first use (about a minute each, then cached in
+  # ~/.cache/torch_extensions): the shared-memory comm op at every init, CPU Adam and async_io
+  # with offload. Do it once here rather than inside the first run or test.
   "$VENV/bin/python" - <<'PY'
 import time
 from deepspeed.accelerator import get_accelerator
 import deepspeed.ops
-builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+for name in ("ShareMemCommBuilder", "CPUAdamBuilder", "AsyncIOBuilder"):
+    builder = get_accelerator().create_op_builder(name)
+    if builder is None or not builder.is_compatible(verbose=False):
+        print(f"setup: DeepSpeed's {name} cannot be built here; what needs it will say so")
+        continue
     t = time.time()
     builder.load(verbose=False)
     if time.time() - t > 5:
