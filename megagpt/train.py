@@ -67,6 +67,7 @@ from megagpt.training.metrics import MetricsWriter
 from megagpt.training.preflight import (
     check_data,
     check_eval_tasks,
+    check_offload,
     check_resumable,
     check_writable,
     resolve_resume,
@@ -348,6 +349,7 @@ def train(cfg: RunConfig) -> int:
     layout = run_layout(cfg)  # refuses an impossible layout before any compute
     log.info("layout: %s | %s", describe_layout(layout, cfg, not on_cpu()), get_accelerator().device_name())
     check_writable(cfg)
+    check_offload(cfg, layout, not on_cpu())
     check_eval_tasks(cfg)
     train_data = open_dataset(cfg.data.path, cfg.data.mixture, cfg.model.block_size, cfg.train.seed)
     valid_data = None

@@ -32,6 +32,8 @@ def training_values(run: RunConfig, dp_size: int, zero_stage: int, on_gpu: bool)
         "optimizer.params.lr": (t.lr, "train.lr"),
         "optimizer.params.weight_decay": (t.weight_decay, "train.weight_decay"),
         "zero_optimization.stage": (zero_stage, f"parallel.zero_stage={run.parallel.zero_stage}"),
+        # About one GPT-2 XL Block: the next Block's gather overlaps the current Block's compute.
+        "zero_optimization.stage3_prefetch_bucket_size": (int(5e7), "one GPT-2 XL Block"),
         **device_values(on_gpu, t.precision, f"train.precision={t.precision}"),
     }
 

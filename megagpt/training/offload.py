@@ -15,27 +15,15 @@ gets wrong on another model (docs/offload.md says how they were found):
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megagpt.config import ModelConfig, RunConfig
+from megagpt.config import RunConfig
 from megagpt.parallel.layout import Layout
-from megagpt.sizing.parameters import stage_parameters
+from megagpt.sizing.host_memory import swap_sizes
 
-ALIGNMENT = 1 << 20  # DeepSpeed's swap alignment (aio block size) in elements, rounded up to it
 SCRATCH_VARIABLES = ("SLURM_TMPDIR", "TMPDIR")  # node-local scratch on clusters
-
-
-@dataclass(frozen=True)
-class SwapSizes:
-    """The sizes DeepSpeed's swappers need, in elements."""
-
-    sub_group_size: int
-    param_buffer_size: int
-    param_buffer_count: int
 
 
 def offload_folder(run: RunConfig) -> Path:
@@ -46,19 +34,6 @@ def offload_folder(run: RunConfig) -> Path:
         if os.environ.get(variable):
             return Path(os.environ[variable]) / "megagpt-offload"
     return Path(run.log.dir) / "offload"
-
-
-def swap_sizes(model: ModelConfig, layout: Layout) -> SwapSizes:
-    """Sizes derived from the model: a rank's partition, its largest parameter, its module widths."""
-    partition = stage_parameters(model, layout.pp, layout.tp) / layout.dp
-    # Eight sub-groups a partition, between 1e7 (fewer make the per-sub-group overhead dominate)
-    # and DeepSpeed's 1e9: GPT-2 XL on one rank steps 1.56e9 elements in 8 sub-groups of 2e8.
-    sub_group = _round_up(int(min(1e9, max(1e7, partition / 8))), ALIGNMENT)
-    largest = math.ceil(model.padded_vocab_size * model.n_embd / layout.tp / layout.dp)
-    # A Block gathers at most its four matrices and their biases at once, the MLP's pair is the
-    # widest; two Blocks in flight (the one computing and the one prefetched) plus the embeddings.
-    count = 2 * 8 + 2
-    return SwapSizes(sub_group, _round_up(largest, ALIGNMENT), count)
 
 
 def offload_values(run: RunConfig, layout: Layout, on_gpu: bool) -> dict[str, tuple[Any, str]]:
@@ -74,10 +49,20 @@ def offload_values(run: RunConfig, layout: Layout, on_gpu: bool) -> dict[str, tu
         sections["optimizer.params.torch_adam"] = False  # DeepSpeed's vectorized CPU Adam steps them
         sections["zero_optimization.offload_optimizer"] = {
             "device": chosen["optimizer"], "nvme_path": folder, "pin_memory": on_gpu,
-            # Read the next sub-group and write the last one while the current one steps.
-            "pipeline_read": chosen["optimizer"] == "nvme", "pipeline_write": chosen["optimizer"] == "nvme",
-            "buffer_count": 4, "fast_init": False,
+            # One sub-group in memory at a time: its weight, two moments and gradient, a buffer each.
+            # (Pipelining the reads and writes needs twice the buffers; measured in docs/offload.md.)
+            "pipeline_read": False, "pipeline_write": False, "buffer_count": 4, "fast_init": False,
         }
+    if chosen.get("params") == "nvme":
+        # A gathered parameter that will be used again within this many elements of fetches stays
+        # gathered, keeping its swap buffer: with DeepSpeed's 1e9 every Block's weights stay until
+        # their backward and the buffers run out ("Not enough buffers 0 for swapping 1"). With 0
+        # each is released after its module, and the prefetcher swaps in the next ones.
+        sections["zero_optimization.stage3_max_reuse_distance"] = 0
+        # DeepSpeed 0.19.8's NVMe prefetch takes every free swap buffer for the parameters next in
+        # its trace without removing repeats, so the tied embedding (in the trace twice) is swapped
+        # in twice ("param 0 already assigned swap buffer"): parameters are read when needed.
+        sections["zero_optimization.stage3_prefetch_bucket_size"] = 0
     if "params" in chosen:
         sections["zero_optimization.offload_param"] = {
             "device": chosen["params"], "nvme_path": folder, "pin_memory": on_gpu,
@@ -89,7 +74,3 @@ def offload_values(run: RunConfig, layout: Layout, on_gpu: bool) -> dict[str, tu
                            "single_submit": False, "overlap_events": True}
     source = ", ".join(f"parallel.offload_{what}={where}" for what, where in chosen.items())
     return {key: (value, source) for key, value in sections.items()}
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,10 @@ import torch.distributed as dist
 from megagpt import checkpoint
 from megagpt.checkpoint import DamagedCheckpoint
 from megagpt.config import EVAL_DATA, EVAL_DEFAULT_FILES, ConfigError, ModelConfig, RunConfig
+from megagpt.parallel.layout import Layout
+from megagpt.sizing.host_memory import offload_bytes
 from megagpt.training.data import MixtureDataset, ShardDataset
+from megagpt.training.offload import offload_folder
 
 log = logging.getLogger("megagpt.train")
 
@@ -135,3 +140,62 @@ def check_resumable(cfg: RunConfig, path: Path, train_data: ShardDataset | Mixtu
             f"{path} was trained with another tokenizer ({saved_tokenizer.path}) than {cfg.data.path} "
             "was built with: resume on the data it was trained on, or start a new run in another log.dir"
         )
+
+
+def check_offload(cfg: RunConfig, layout: Layout, on_gpu: bool) -> None:
+    """Refuse, before any compute, an offload choice whose host memory or offload-folder space this
+    node does not have, naming both figures and what would fit (megagpt.sizing.host_memory).
+    Each node's ranks share its memory and its node-local folder. Collective: the same error on all."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+    need = offload_bytes(cfg.model, layout, on_gpu)
+    problems = []
+    if layout.offloads():
+        have = host_memory_bytes()
+        if need.host * per_node > have:
+            problems.append(
+                f"the layout ({layout}) needs about {need.host * per_node / 2**30:.1f} GiB of host memory on "
+                f"this node ({per_node} rank(s) x {need.host / 2**30:.1f} GiB) and it has "
+                f"{have / 2**30:.1f} GiB available: {_what_fits(cfg, layout, on_gpu, have / per_node)}")
+    if need.disk:
+        folder = offload_folder(cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if need.disk * per_node > free:
+            problems.append(
+                f"parallel.offload_path={folder} has {free / 1e9:.1f} GB free and the offload needs "
+                f"{need.disk * per_node / 1e9:.1f} GB ({per_node} rank(s) x {need.disk / 1e9:.1f} GB): "
+                "point parallel.offload_path at a larger (node-local NVMe) folder, or offload less "
+                "(parallel.offload_params=cpu or none), or use more ranks")
+    shares: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, problems)
+    problems = list(dict.fromkeys(p for share in shares for p in share))
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def host_memory_bytes() -> float:
+    """What this node's processes can still take: MemAvailable, or the cgroup's limit if lower."""
+    available = float("inf")
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit))
+    except OSError:
+        pass
+    return available
+
+
+def _what_fits(cfg: RunConfig, layout: Layout, on_gpu: bool, budget: float) -> str:
+    """The offload choices, least offloaded first, whose host memory fits `budget` bytes a rank."""
+    fits = []
+    for optimizer, params in (("cpu", "none"), ("nvme", "none"), ("cpu", "nvme"), ("nvme", "nvme")):
+        choice = dataclasses.replace(layout, zero_stage=3, offload_optimizer=optimizer, offload_params=params)
+        if offload_bytes(cfg.model, choice, on_gpu).host <= budget:
+            fits.append(f"parallel.offload_optimizer={optimizer} parallel.offload_params={params}")
+    if fits:
+        return "this fits: " + fits[0]
+    return "no offload choice fits one rank here: use more nodes (dp) or tensor parallelism (parallel.tp)"
