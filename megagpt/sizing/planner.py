@@ -32,11 +32,15 @@ from dataclasses import dataclass, replace
 from megagpt.config import GPT3_RECIPES, MODEL_PRESETS, ConfigError, ModelConfig, load_config
 from megagpt.parallel.layout import Layout, divisors
 from megagpt.sizing.flops import device_peak_flops, training_flops_per_token
+from megagpt.sizing.host_memory import offload_bytes
 from megagpt.sizing.parameters import BF16_ADAM, block_parameters, model_state_bytes, stage_parameters
 
 GiB = 1 << 30
 BF16, FP32 = 2, 4
 ZERO3_BUCKET_ELEMENTS = 5e7  # ds_config.json: reduce_bucket_size and stage3_prefetch_bucket_size
+# (optimizer, parameters) offload choices, least offloaded first (ZeRO-3, pp = 1)
+OFFLOADS = (("none", "none"), ("cpu", "none"), ("cpu", "cpu"), ("nvme", "none"), ("nvme", "cpu"),
+            ("nvme", "nvme"))
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class Cluster:
     intra_node_gbps: float = 300.0  # NVLink, GB/s of ring bandwidth per GPU
     inter_node_gbps: float = 25.0  # InfiniBand, GB/s per GPU (200 Gb/s)
     headroom: float = 0.1  # kept free for the allocator's fragmentation and the CUDA context
+    host_mem_gib: float = 1024.0  # host memory of a node, for offload
+    pcie_gbps: float = 25.0  # GB/s between a GPU and the host (PCIe 4 x16, one direction)
+    nvme_gbps: float = 3.0  # GB/s of a node's offload folder (one NVMe drive)
+    cpu_adam_per_s: float = 1e9  # parameters a node's CPU Adam steps a second (DeepSpeed's AVX op)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class Plan:
     memory: Memory
     step_seconds: float
     fits: bool
+    host: float = 0.0  # bytes of host memory a node needs (megagpt.sizing.host_memory)
 
 
 def block_activation_bytes(model: ModelConfig, micro_batch: int, seq: int, tp: int,
@@ -118,6 +127,10 @@ def activation_bytes(model: ModelConfig, layout: Layout, seq: int, num_micro: in
 def estimate_memory(model: ModelConfig, layout: Layout, seq: int, num_micro: int) -> Memory:
     n = stage_parameters(model, layout.pp, layout.tp)
     params, grads, optimizer = model_state_bytes(n, layout.dp, layout.zero_stage, BF16_ADAM)
+    if layout.offload_optimizer != "none":  # the optimizer steps on the host, the gradients go there
+        grads = optimizer = 0.0
+    if layout.offload_params != "none":
+        params = 0.0
     if layout.zero_stage >= 3:  # the gathered block being computed and the prefetched next one, plus buckets
         buffers = 2 * block_parameters(model, layout.tp) * BF16 + 2 * ZERO3_BUCKET_ELEMENTS * BF16
     else:
@@ -152,7 +165,26 @@ def estimate_step_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, 
         dp_comm = ring * (num_micro + 1)
     else:  # all-reduce once per step
         dp_comm = 2 * ring
-    return compute + tp_comm + max(0.0, dp_comm - compute)
+    offload = offload_seconds(model, layout, cluster, num_micro)
+    return compute + tp_comm + max(0.0, dp_comm - compute) + offload
+
+
+def offload_seconds(model: ModelConfig, layout: Layout, cluster: Cluster, num_micro: int) -> float:
+    """What offload adds to a step, not overlapped with compute: gradients to the host and weights
+    back over PCIe, CPU Adam, and the folder's reads and writes (16 bytes a parameter each way for
+    the optimizer state; the weights for every micro-batch's forward and backward)."""
+    n = stage_parameters(model, layout.pp, layout.tp) / layout.dp
+    ranks = min(layout.world, cluster.gpus_per_node)  # share a node's CPUs and its drive
+    seconds = 0.0
+    if layout.offload_optimizer != "none":
+        seconds += 2 * BF16 * n / (cluster.pcie_gbps * 1e9) + n * ranks / cluster.cpu_adam_per_s
+    if layout.offload_optimizer == "nvme":
+        seconds += 2 * 16 * n * ranks / (cluster.nvme_gbps * 1e9)
+    if layout.offload_params != "none":
+        seconds += 2 * num_micro * BF16 * n / (cluster.pcie_gbps * 1e9)
+    if layout.offload_params == "nvme":
+        seconds += 2 * num_micro * BF16 * n * ranks / (cluster.nvme_gbps * 1e9)
+    return seconds
 
 
 def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_batch: int
@@ -165,11 +197,11 @@ def candidate_layouts(model: ModelConfig, gpus: int, gpus_per_node: int, global_
                 or pp > model.n_layer):
             continue
         dp = gpus // (tp * pp)
-        for zero in (0, 1, 2, 3):
-            for ac in (0, 1):
-                for micro in (1, 2, 4, 8, 16, 32):
-                    if global_batch % (dp * micro) == 0:
-                        yield Layout(dp, pp, tp, zero, ac, micro)
+        for zero, ac, micro in itertools.product((0, 1, 2, 3), (0, 1), (1, 2, 4, 8, 16, 32)):
+            if global_batch % (dp * micro):
+                continue
+            for optimizer, params in OFFLOADS if zero == 3 and pp == 1 else OFFLOADS[:1]:
+                yield Layout(dp, pp, tp, zero, ac, micro, offload_optimizer=optimizer, offload_params=params)
 
 
 def plan(model: ModelConfig, cluster: Cluster, global_batch: int, seq: int | None = None,
@@ -187,7 +219,10 @@ def estimate(model: ModelConfig, layout: Layout, cluster: Cluster, global_batch:
     """One layout's memory on its most loaded GPU, step time, and whether it fits."""
     memory = estimate_memory(model, layout, seq, global_batch // (layout.dp * layout.micro_batch))
     step = estimate_step_seconds(model, layout, cluster, seq, global_batch)
-    return Plan(layout, memory, step, memory.total <= cluster.gpu_mem_gib * GiB * (1 - cluster.headroom))
+    host = offload_bytes(model, layout, on_gpu=True).host * min(layout.world, cluster.gpus_per_node)
+    fits = (memory.total <= cluster.gpu_mem_gib * GiB * (1 - cluster.headroom)
+            and host <= cluster.host_mem_gib * GiB * (1 - cluster.headroom))
+    return Plan(layout, memory, step, fits, host)
 
 
 def _fastest_fitting(p: Plan) -> tuple:
@@ -210,16 +245,18 @@ def fastest_zero_stage(model: ModelConfig, layout: Layout, cluster: Cluster, glo
 def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global_batch: int,
                  seq: int, rows: int) -> str:
     tokens = global_batch * seq
-    head = (f"{'layout':<44}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'buffers':>8}"
-            f"{'total GiB':>10}{'step s':>8}{'tokens/s/GPU':>14}")
+    head = (f"{'layout':<70}{'params':>8}{'grads':>8}{'optim':>8}{'activ':>8}{'buffers':>8}"
+            f"{'total GiB':>10}{'host GiB':>9}{'step s':>8}{'tokens/s/GPU':>14}")
     lines = [head, "-" * len(head)]
     for p in [p for p in plans if p.fits][:rows]:
         m = p.memory
-        lines.append(f"{str(p.layout):<44}" + "".join(
+        lines.append(f"{str(p.layout):<70}" + "".join(
             f"{v / GiB:>8.1f}" for v in (m.params, m.grads, m.optimizer, m.activations, m.buffers))
-            + f"{m.total / GiB:>10.1f}{p.step_seconds:>8.2f}{tokens / p.step_seconds / cluster.gpus:>14,.0f}")
+            + f"{m.total / GiB:>10.1f}{p.host / GiB:>9.1f}{p.step_seconds:>8.2f}"
+            + f"{tokens / p.step_seconds / cluster.gpus:>14,.0f}")
     fitting = sum(p.fits for p in plans)
-    lines.append(f"{fitting} of {len(plans)} layouts fit in {cluster.gpu_mem_gib:g} GiB "
+    lines.append(f"{fitting} of {len(plans)} layouts fit in {cluster.gpu_mem_gib:g} GiB a GPU and "
+                 f"{cluster.host_mem_gib:g} GiB of host memory a node "
                  f"(minus {cluster.headroom:.0%} headroom)")
     if fitting:
         best = plans[0]
@@ -227,9 +264,12 @@ def format_table(plans: list[Plan], model: ModelConfig, cluster: Cluster, global
                      f"parallel.pp={best.layout.pp} parallel.zero_stage={best.layout.zero_stage} "
                      f"parallel.activation_checkpoint={best.layout.activation_checkpoint} "
                      f"train.micro_batch_size={best.layout.micro_batch} "
-                     f"train.grad_accum={global_batch // (best.layout.dp * best.layout.micro_batch)}")
+                     f"train.grad_accum={global_batch // (best.layout.dp * best.layout.micro_batch)}"
+                     + "".join(f" parallel.offload_{what}={where}"
+                               for what, where in best.layout.offloads().items()))
     else:
-        lines.append("nothing fits: add GPUs, or GPUs with more memory")
+        lines.append("nothing fits, offload to host memory or NVMe included: add GPUs, or GPUs or hosts "
+                     "with more memory")
     return "\n".join(lines)
 
 
@@ -270,6 +310,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="sequence length (default: block_size)")
     p.add_argument("--efficiency", type=_number(float, 0, 1, above=True, what="the fraction of peak FLOP/s "
                    "large matmuls reach, e.g. 0.5"), default=0.5, help="fraction of peak matmuls reach")
+    p.add_argument("--host-mem", type=_number(float, 0, above=True, what="GiB of host memory a node"),
+                   default=1024.0, help="GiB of host memory a node, for offload (default 1024)")
+    p.add_argument("--nvme-gbps", type=_number(float, 0, above=True, what="GB/s of a node's offload drive"),
+                   default=3.0)
     p.add_argument("--inter-node-gbps", type=_number(float, 0, above=True, what="GB/s a GPU between nodes"),
                    default=25.0)
     p.add_argument("--tp", type=count("GPUs a tensor-parallel group"), default=None,
@@ -330,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         print("megagpt.plan: error: " + "\n  ".join(refusals), file=sys.stderr)
         return 2
     cluster = Cluster(args.gpus, args.gpu_mem, args.gpus_per_node, peak, args.efficiency,
-                      inter_node_gbps=args.inter_node_gbps)
+                      inter_node_gbps=args.inter_node_gbps, host_mem_gib=args.host_mem,
+                      nvme_gbps=args.nvme_gbps)
     plans = plan(model, cluster, args.global_batch, seq, args.tp, args.pp)
     if not plans:
         print(f"megagpt.plan: error: no layout of {args.gpus} GPUs runs --global-batch {args.global_batch}: "

@@ -131,7 +131,18 @@ def test_cli_prints_a_table_and_a_recommendation(capsys):
     assert main(["--model", "gpt2-xl", "--gpus", "16", "--gpu-mem", "80"]) == 0
     out = capsys.readouterr().out
     assert "recommended: dp" in out and "parallel.zero_stage=" in out
+    assert "offload" not in out.splitlines()[-1]  # 16 x 80 GB hold GPT-2 XL's states
+    # One 8 GB GPU holds GPT-2 XL with its optimizer state on the host (ZeRO-Offload); one of 3 GB
+    # only with its weights offloaded too (ZeRO-Infinity): they alone are 2.9 GiB in bf16.
     assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert "parallel.offload_optimizer=cpu" in out and "offload_params" not in out
+    assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "3"]) == 0
+    assert "parallel.offload_params=" in capsys.readouterr().out.splitlines()[-1]
+    # ... and the host must hold what is offloaded to it: 16 GiB of host memory forces NVMe.
+    assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "24", "--host-mem", "16"]) == 0
+    assert "parallel.offload_optimizer=nvme" in capsys.readouterr().out.splitlines()[-1]
+    assert main(["--model", "gpt2-xl", "--gpus", "1", "--gpu-mem", "1", "--host-mem", "2"]) == 0
     assert "nothing fits" in capsys.readouterr().out
     assert main(["--model", "gpt2-xl", "--gpus", "8", "--gpu-mem", "80", "--gpu", "TPU"]) == 2
 
