@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from megagpt.config import ConfigError, RunConfig, uses_bf16
 from megagpt.parallel.layout import Layout, divisors
+from megagpt.sizing.host_memory import offload_bytes
 from megagpt.sizing.parameters import BF16_ADAM, FP32_ADAM, model_state_bytes, stage_parameters
 from megagpt.sizing.planner import Cluster, fastest_zero_stage
 
@@ -115,4 +116,14 @@ def describe_layout(layout: Layout, run: RunConfig, on_gpu: bool) -> str:
         f"{t.micro_batch_size * t.grad_accum * layout.dp} sequences of {run.model.block_size} tokens | "
         f"{total / 1e6:.2f}M parameters, {per_rank / 1e6:.2f}M per rank | model states "
         f"~{memory / 2**30:.2f} GiB per rank ({precision.name}; activations not counted)"
+        + _describe_offload(layout, run, on_gpu)
     )
+
+
+def _describe_offload(layout: Layout, run: RunConfig, on_gpu: bool) -> str:
+    if not layout.offloads():
+        return ""
+    need = offload_bytes(run.model, layout, on_gpu)
+    where = ", ".join(f"{what} to {device}" for what, device in layout.offloads().items())
+    return (f" | offload: {where}; host ~{need.host / 2**30:.2f} GiB, offload folder "
+            f"~{need.disk / 1e9:.2f} GB per rank")

@@ -225,3 +225,22 @@ def test_a_failure_after_a_checkpoint_is_requeued_a_bounded_number_of_times(slur
     assert (info["JobState"], info["Restarts"]) == ("FAILED", "1"), log
     assert "requeueing job" in log and "(automatic requeue 1 of 1)" in log
     assert log.count("training failed with exit status") == 2
+
+
+def test_the_same_job_on_one_rank_with_offload_uses_node_local_scratch(slurm, corpus, tmp_path):  # noqa: F811
+    """Fewer devices, the same script: one task, optimizer state and weights offloaded to NVMe, the
+    offload folder defaulting to the job's node-local scratch ($TMPDIR here; $SLURM_TMPDIR where a
+    site sets it)."""
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
+    scratch.mkdir()
+    job = submit_gpt2_xl(slurm, corpus, run, 6, "model.n_embd=512", "model.n_head=8", "checkpoint.interval=3",
+                         "parallel.offload_optimizer=nvme", "parallel.offload_params=nvme",
+                         layout=("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=2",
+                                 "--time=15"), env={"TMPDIR": str(scratch)})
+    info = slurm.wait(job, DONE, timeout=300)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output(run)
+    assert sorted(losses(run)) == [1, 2, 3, 4, 5, 6]
+    assert "| offload: optimizer to nvme, params to nvme;" in output(run)
+    swapped = list((scratch / "megagpt-offload").rglob("*.swp"))
+    assert swapped, f"nothing offloaded under {scratch}"
+    assert (run / "checkpoints" / "latest").read_text() == "step00000006"
