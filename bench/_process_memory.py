@@ -7,6 +7,7 @@ skips modules whose name starts with an underscore).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -45,3 +46,15 @@ def run_measured(command: Sequence[str], env: dict[str, str], cwd: Path,
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
     return {"seconds": seconds, "cpu_seconds": sum(cpu.values()),
             "peak_rss_mib": [round(v / 2**20, 1) for _, v in sorted(peak.items())]}
+
+
+def measure_child(command: Sequence[str], env: dict[str, str] | None = None) -> dict:
+    """Wall and CPU seconds and peak resident memory of one child process (from the kernel's
+    accounting at its exit: no sampling), or raise with the end of its stderr on failure."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {child.stderr.read().decode()[-2000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}

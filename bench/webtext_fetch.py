@@ -22,10 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import harness
+from bench._process_memory import measure_child
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = """
@@ -77,14 +77,8 @@ asyncio.run(main())
 
 
 def measured(command: list[str]) -> dict:
-    start = time.perf_counter()
-    child = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{command[:4]} failed: {child.stderr.read().decode()[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
+    """Wall and CPU seconds and peak resident memory of one child process."""
+    return measure_child(command, {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def main() -> None:

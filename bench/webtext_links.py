@@ -19,15 +19,14 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import zstandard
 
 from bench import harness
+from bench._process_memory import measure_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,14 +87,7 @@ def write_dump(path: Path, megabytes: int, seed: int = 0) -> int:
 
 def measured(command: list[str]) -> dict:
     """Wall and CPU seconds and peak resident memory of one child process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {child.stderr.read().decode()[-2000:]}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024}
+    return measure_child(command, {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def main() -> None:

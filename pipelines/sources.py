@@ -94,20 +94,27 @@ def _pieces(index: int, path: Path, chunk_bytes: int, filled: int) -> Iterator[t
 
 def list_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """The input files, sorted; a path that does not exist or holds nothing usable is an error."""
+    return list_files(inputs, SUFFIXES, "--input")
+
+
+def list_files(items: Sequence[str | Path], suffixes: tuple[str, ...], option: str, kinds: str = ""
+               ) -> list[Path]:
+    """The files of `items` (folders searched for `suffixes`), each folder's sorted; an item that does
+    not exist, a folder holding none and a file of another kind are errors naming `option`."""
     files: list[Path] = []
-    for item in map(Path, inputs):
+    for item in map(Path, items):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.endswith(suffixes))
             if not found:
-                raise FileNotFoundError(f"--input {item} holds no {', '.join(SUFFIXES)} files")
+                raise FileNotFoundError(f"{option} {item} holds no {', '.join(suffixes)} files")
             files.extend(found)
         elif item.is_file():
-            if not item.name.endswith(SUFFIXES):
-                raise ValueError(f"--input {item}: unknown kind of file; expected one of "
-                                 f"{', '.join(SUFFIXES)}")
+            if not item.name.endswith(suffixes):
+                raise ValueError(f"{option} {item}: unknown kind of file; expected one of "
+                                 f"{', '.join(suffixes)}{kinds}")
             files.append(item)
         else:
-            raise FileNotFoundError(f"--input {item} does not exist")
+            raise FileNotFoundError(f"{option} {item} does not exist")
     return files
 
 

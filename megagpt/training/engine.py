@@ -31,7 +31,7 @@ from megagpt.parallel.topology import Topology
 from megagpt.sizing.flops import accelerator_name, device_peak_flops
 from megagpt.sizing.layout_rules import Devices, plan_layout
 from megagpt.training.deepspeed_config import build_ds_config
-from megagpt.training.offload import offload_values
+from megagpt.training.offload import offload_values, return_freed_memory
 
 log = logging.getLogger("megagpt.training.engine")
 
@@ -131,6 +131,8 @@ def build_engine(cfg: RunConfig, topo: Topology
     on_gpu = not on_cpu()
     ds_config, filled = build_ds_config(cfg.parallel.ds_config, cfg, layout.dp, layout.zero_stage, on_gpu,
                                         offload=offload_values(cfg, layout, on_gpu))
+    if layout.offloads():
+        return_freed_memory()
     model = build_model(cfg, topo, ds_config)
     compile_model = cfg.parallel.compile
     if compile_model == "auto":  # where it can help: see plan_layout's refusal for where it cannot

@@ -15,6 +15,7 @@ gets wrong on another model (docs/offload.md says how they were found):
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from megagpt.config import RunConfig
 from megagpt.parallel.layout import Layout
 from megagpt.sizing.host_memory import swap_sizes
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 SCRATCH_VARIABLES = ("SLURM_TMPDIR", "TMPDIR")  # node-local scratch on clusters
 
 
@@ -74,3 +76,14 @@ def offload_values(run: RunConfig, layout: Layout, on_gpu: bool) -> dict[str, tu
                            "single_submit": False, "overlap_events": True}
     source = ", ".join(f"parallel.offload_{what}={where}" for what, where in chosen.items())
     return {key: (value, source) for key, value in sections.items()}
+
+
+def return_freed_memory() -> None:
+    """Have glibc serve every allocation above 1 MiB from its own mapping, returned to the system
+    when freed. An offloaded run moves tens of GB through short-lived host tensors (swapped
+    sub-groups, checkpoint pieces); with glibc's default the mmap threshold rises with each freed
+    block, up to 32 MiB, and the heap kept what a checkpoint of 6 GPT-2 XL layers had copied
+    (+1.0 GiB resident after the save; back to the pre-save figure with this)."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)

@@ -17,6 +17,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from pipelines.sources import list_files
+
 DUMP_SUFFIXES = (".zst", ".bz2", ".xz", ".jsonl", ".json", ".ndjson")
 _BUFFER = 1 << 20
 
@@ -27,21 +29,7 @@ class DumpError(ValueError):
 
 def list_dumps(paths: list[str]) -> list[Path]:
     """The dump files given (folders searched for dump suffixes), sorted; missing ones are errors."""
-    files: list[Path] = []
-    for item in map(Path, paths):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.name.endswith(DUMP_SUFFIXES))
-            if not found:
-                raise FileNotFoundError(f"DUMP {item} holds no {', '.join(DUMP_SUFFIXES)} files")
-            files.extend(found)
-        elif item.is_file():
-            if not item.name.endswith(DUMP_SUFFIXES):
-                raise ValueError(f"DUMP {item}: unknown kind of file; expected one of "
-                                 f"{', '.join(DUMP_SUFFIXES)} (Reddit submission dumps, RS_YYYY-MM.zst)")
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"DUMP {item} does not exist")
-    return files
+    return list_files(paths, DUMP_SUFFIXES, "DUMP", " (Reddit submission dumps, RS_YYYY-MM.zst)")
 
 
 def _zstd_blocks(raw: BinaryIO) -> Iterator[bytes]:
