@@ -15,11 +15,14 @@ See docs/checkpoints.md for why DCP rather than DeepSpeed's own or universal che
 
 The folder is written as `step00000050.tmp/`, renamed only once all ranks have finished, and
 `latest` is replaced atomically after that: a crash while saving leaves the previous checkpoint in
-charge, and the next save removes the partial `.tmp` folder. With `checkpoint.async_save` the state
-is copied to host memory and a background thread writes, hashes and publishes it while training
-continues (the coordination runs over a process group of its own, so it never interleaves with
-training collectives); the next save, and the end of the run, wait for it. Only the newest
-`keep_last` published checkpoints stay, plus the one the run resumed from and the one `latest` names.
+charge, and the next save removes the partial `.tmp` folder. A save that fills its disk (or quota)
+on any rank is agreed on by all ranks: the partial folder is removed at once, `latest` stays, and
+the run ends (exit 2) naming checkpoint.dir, its free bytes and what the save needs. With
+`checkpoint.async_save` the state is copied to host memory and a background thread writes, hashes
+and publishes it while training continues (the coordination runs over a process group of its own, so
+it never interleaves with training collectives); the next save, and the end of the run, wait for it.
+Only the newest `keep_last` published checkpoints stay, plus the one the run resumed from and the
+one `latest` names.
 
 `checksums.json` records the size and xxh3-128 hash of every file, hashed at save by all ranks
 (each a share of the files), and verify() checks them before a resume: a truncated or overwritten

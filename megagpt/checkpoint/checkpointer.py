@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import errno
+import io
 import json
 import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,17 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from deepspeed.accelerator import get_accelerator
+from torch.distributed.checkpoint.api import CheckpointException
 
-from megagpt.checkpoint.folders import LATEST, CheckpointError, prune, tag_for, write_atomic
+from megagpt.checkpoint.folders import (
+    LATEST,
+    CheckpointError,
+    NoSpaceForCheckpoint,
+    prune,
+    published,
+    tag_for,
+    write_atomic,
+)
 from megagpt.checkpoint.integrity import write_checksums
 from megagpt.checkpoint.pretrained import write_description
 from megagpt.checkpoint.sharded import PiecesLoadPlanner, PiecesSavePlanner, install, sharded_state
@@ -26,6 +38,7 @@ from megagpt.config import ModelConfig
 from megagpt.formats.tokenizer import AnyTokenizer
 from megagpt.parallel.layout import Layout
 from megagpt.parallel.topology import Topology
+from megagpt.sizing.parameters import stage_parameters
 
 log = logging.getLogger("megagpt.checkpoint")
 
@@ -90,15 +103,10 @@ class Checkpointer:
             for stale in folder.glob("step*.tmp"):
                 shutil.rmtree(stale)
         dist.barrier(group=group)
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), planner=PiecesSavePlanner(),
-                 process_group=group)
-        torch.save(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
-        if rank == 0:
-            torch.save(extra["trainer"], tmp / TRAINER_STATE)
-            (tmp / LAYOUT).write_text(json.dumps(self.topo.layout.to_dict()))
-            write_description(tmp, self.model_config, self.tokenizer)
-        dist.barrier(group=group)
-        write_checksums(tmp, rank, world, group)
+        # Each phase ends with all ranks agreeing it went well (also the barrier between them):
+        # a rank whose disk filled up must not leave the others waiting in the next collective.
+        self._agree(tag, _attempt(self._write_files, tmp, state, extra))
+        self._agree(tag, _attempt(write_checksums, tmp, rank, world, group))
         final = folder / tag
         if rank == 0:
             if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
@@ -109,6 +117,61 @@ class Checkpointer:
                 prune(folder, self.keep_last, self.keep)
         dist.barrier(group=group)
         return final
+
+    def _write_files(self, tmp: Path, state: dict[str, Any], extra: dict[str, Any]) -> None:
+        rank = dist.get_rank()
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), planner=PiecesSavePlanner(),
+                 process_group=self.group)
+        _save_small(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
+        if rank == 0:
+            _save_small(extra["trainer"], tmp / TRAINER_STATE)
+            (tmp / LAYOUT).write_text(json.dumps(self.topo.layout.to_dict()))
+            write_description(tmp, self.model_config, self.tokenizer)
+
+    def _agree(self, tag: str, failure: BaseException | None) -> None:
+        """Collectively: if any rank failed to write its part of `tag`, every rank raises, after
+        the partial folder is removed (`latest` still names the last good checkpoint). A full disk
+        is a NoSpaceForCheckpoint on all ranks; another error is re-raised where it happened."""
+        mine = None
+        if failure is not None:
+            mine = (_no_space(failure, self.folder), f"{type(failure).__name__}: {failure}")
+        everyone: list[tuple[bool, str] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine, group=self.group)
+        failed = {rank: what for rank, what in enumerate(everyone) if what is not None}
+        if not failed:
+            return
+        if dist.get_rank() == 0:
+            shutil.rmtree(self.folder / f"{tag}.tmp", ignore_errors=True)
+        dist.barrier(group=self.group)
+        if any(no_space for no_space, _ in failed.values()):
+            raise NoSpaceForCheckpoint(self._no_space_message(tag))
+        if failure is not None:
+            raise failure
+        first = min(failed)
+        raise CheckpointError(f"checkpoint {tag} not saved: rank {first} failed to write its part "
+                              f"({failed[first][1][:300]}); its partial folder was removed")
+
+    def _no_space_message(self, tag: str) -> str:
+        free = shutil.disk_usage(self.folder).free  # with the partial folder removed
+        need, basis = self._expected_bytes()
+        pointer = self.folder / LATEST
+        kept = (f"`latest` still names {pointer.read_text().strip()}" if pointer.is_file()
+                else "no checkpoint had been published yet")
+        return (f"checkpoint {tag} not saved: no space left in checkpoint.dir {self.folder}: {_size(free)} "
+                f"free, and the save needs about {_size(need)} ({basis}); its partial {tag}.tmp was removed "
+                f"and {kept}. Free space there (checkpoint.keep_last deletes older checkpoints) or set "
+                "checkpoint.dir on a larger disk, then resume")
+
+    def _expected_bytes(self) -> tuple[int, str]:
+        """What a save of this run takes: the previous checkpoint's size, or 12 bytes a parameter
+        (fp32 weights and Adam's two moments) and the tokenizer's files before the first one."""
+        done = published(self.folder)
+        if done:
+            size = sum(f.stat().st_size for f in done[-1].rglob("*") if f.is_file())
+            return size, f"the size of {done[-1].name}"
+        params = stage_parameters(self.model_config)
+        files = sum(Path(src).stat().st_size for src in self.tokenizer.files())
+        return 12 * params + files, f"12 bytes for each of {params:,} parameters, and the tokenizer"
 
 
 def saved_layout(path: Path) -> Layout:
@@ -139,6 +202,44 @@ def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[
     rng_file = path / f"rng_rank{dist.get_rank() if same_layout else 0:05d}.pt"
     _set_rng_state(torch.load(rng_file, weights_only=True))
     return trainer["client_state"]
+
+
+def _attempt(write: Callable[..., None], *args: Any) -> BaseException | None:
+    """Run `write`; the error that stopped it (a file system's, or DCP's gathered ones), or None."""
+    try:
+        write(*args)
+    except (OSError, CheckpointException) as e:
+        return e
+    return None
+
+
+def _no_space(error: BaseException, folder: Path) -> bool:
+    """Whether `error` came from a full disk (or quota) under `folder`. torch's writer, which DCP's
+    files go through, reports a full disk as "unexpected pos" without an errno: a folder left with
+    less than 1 MiB free counts as full too."""
+    return _errno_no_space(error) or shutil.disk_usage(folder).free < 2**20
+
+
+def _errno_no_space(error: BaseException | None) -> bool:
+    if error is None:
+        return False
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, CheckpointException):  # DCP gathers every rank's errors
+        return any(_errno_no_space(wrapped) for wrapped, _ in error.failures.values())
+    return _errno_no_space(error.__cause__ or error.__context__)
+
+
+def _save_small(obj: Any, path: Path) -> None:
+    """torch.save through Python's file: a full disk is an OSError with its errno (torch's own
+    writer turns it into a RuntimeError without one)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _trainer_state(engine: deepspeed.DeepSpeedEngine, client_state: dict[str, Any]) -> dict[str, Any]:

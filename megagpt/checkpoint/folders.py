@@ -17,6 +17,10 @@ class CheckpointError(ValueError):
     """A checkpoint or model folder that cannot be used as asked; the message names the file and the fix."""
 
 
+class NoSpaceForCheckpoint(CheckpointError):
+    """A save ran out of disk space (or quota); its partial folder is gone, `latest` unchanged."""
+
+
 class DamagedCheckpoint(CheckpointError):
     """A file of a checkpoint is missing, truncated or altered since it was saved."""
 
