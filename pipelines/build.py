@@ -63,7 +63,7 @@ from pipelines.build_settings import (
 from pipelines.build_tokenizer import TokenizerSteps, sample_hash
 from pipelines.chunk_map import ChunkMapper
 from pipelines.documents import Piece
-from pipelines.mpi import LocalComm, settle, world
+from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.sources import Chunk, list_inputs, plan_chunks
 from pipelines.workarea import WorkArea, content_hash, run_units, save_json
 
@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"pipelines.build: error: {err}", file=sys.stderr)
         if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
-            comm.Abort(2)  # the other ranks may be waiting in a collective: end them all
+            abort(comm, 2)  # the other ranks may be waiting in a collective: end them all
         return 2
     return 0
 

@@ -38,7 +38,7 @@ from pipelines.crawl.fetcher import OUTCOMES, Fetcher, FetchSettings
 from pipelines.crawl.spill import partition_of
 from pipelines.crawl.urls import host_of
 from pipelines.crawl.warc import SUFFIX, WarcOutput, attempt_name, journal_lines, recover
-from pipelines.mpi import LocalComm, settle, world
+from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.workarea import save_json
 
 log = logging.getLogger("pipelines.fetch")
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"pipelines.fetch: error: {err}", file=sys.stderr)
         if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
-            comm.Abort(2)
+            abort(comm, 2)
         return 2
     return 0
 

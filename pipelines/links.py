@@ -35,7 +35,7 @@ from pipelines.crawl.dumps import DumpError, dump_lines, list_dumps
 from pipelines.crawl.selection import Rules, parse_date, select
 from pipelines.crawl.spill import RunWriter, merge, partition_lines, partitions_for, top_domains, url_order
 from pipelines.crawl.urls import load_blocklist
-from pipelines.mpi import LocalComm, world
+from pipelines.mpi import LocalComm, abort, world
 from pipelines.workarea import WorkArea, run_units, save_json
 
 log = logging.getLogger("pipelines.links")
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, DumpError) as err:
         print(f"pipelines.links: error: {err}", file=sys.stderr)
         if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
-            comm.Abort(2)
+            abort(comm, 2)
         return 2
     return 0
 

@@ -2,13 +2,22 @@
 
 MPI is initialised only when a launcher started us (it sets PMI_*/OMPI_*/PMIX_* variables), so a
 plain `python -m pipelines.build` never loads MPI and may fork worker processes safely.
+
+`abort` ends every rank when one fails (the others may wait in a collective): MPI_Abort exits
+without Python's clean-up, so it first flushes what the rank printed or logged, and unlinks the
+node's MPICH shared-memory segment (/dev/shm/mpich_shm_*), which MPICH removes only at a clean
+finalize. The ranks still running keep their mappings until they are killed; only the name goes.
+On several nodes, only the aborting rank's node is cleaned: the others' segments stay behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -62,3 +71,26 @@ def world() -> Any:
 
         return MPI.COMM_WORLD
     return LocalComm()
+
+
+def abort(comm: Any, code: int) -> NoReturn:
+    """End all ranks with exit `code` (MPI_Abort), after flushing this rank's output and removing
+    the MPICH shared-memory segments it maps."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    for segment in mpich_segments():
+        segment.unlink(missing_ok=True)
+    comm.Abort(code)
+    raise SystemExit(code)  # not reached: MPI_Abort does not return
+
+
+def mpich_segments(maps: Path = Path("/proc/self/maps")) -> list[Path]:
+    """The /dev/shm/mpich_shm_* files this process has mapped (none off Linux)."""
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return []
+    names = {line.split()[-1] for line in lines if "/dev/shm/mpich_shm_" in line}
+    return sorted(Path(name) for name in names if not name.endswith("(deleted)"))

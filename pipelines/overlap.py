@@ -47,7 +47,7 @@ from tqdm import tqdm
 from megagpt.formats.shards import MANIFEST_NAME, ShardError, read_manifest, read_shard
 from pipelines.bloom import BLOCK_BITS, BloomFilter, shape_for
 from pipelines.cardinality import HyperLogLog
-from pipelines.mpi import LocalComm, settle, world
+from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.ngrams import ngram_hashes_batch
 from pipelines.partitioned import PartitionedBloom, part_path, ranks_needed, saved_parts
 from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"pipelines.overlap: error: {err}", file=sys.stderr)
         if size > 1:  # the other ranks may be waiting in a collective: end them, never hang
-            comm.Abort(2)
+            abort(comm, 2)
         return 2
     if rank != 0:
         return 0
