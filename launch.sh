@@ -4,6 +4,8 @@
 #   ./launch.sh test [ARGS]  set up if needed, then the test suite (ARGS go to pytest)
 #   ./launch.sh setup        only create/update .venv and prebuild DeepSpeed's CPU comm op
 #   ./launch.sh tensorboard  TensorBoard on runs/, bound to 127.0.0.1:6006
+#   ./launch.sh free-port    the port the demo's ranks meet on: $MASTER_PORT if set (refused, naming it,
+#                            when in use), else a free one (deepspeed's 29500 may be another job's)
 #   ./launch.sh cluster-test [ARGS]  the SLURM and fault tests: a real one-node SLURM on localhost
 #                            (installs Debian's slurmctld, slurmd, munge when missing; needs root)
 #   ./launch.sh gpu-check [ARGS]  on an NVIDIA GPU: sets up .venv-gpu with torch's CUDA build, then
@@ -70,8 +72,22 @@ PY
   # (DeepSpeed prints its accelerator notice on stdout; the count is the last line)
 }
 
+master_port() {
+  python3 - "${MASTER_PORT:-}" <<'PY'
+import socket, sys
+want = sys.argv[1]
+with socket.socket() as s:
+    try:
+        s.bind(("", int(want or 0)))
+    except (OSError, ValueError) as e:
+        sys.exit(f"launch.sh: MASTER_PORT={want} cannot be used ({getattr(e, 'strerror', None) or e}): "
+                 "set MASTER_PORT to another port, or unset it to use a free one")
+    print(s.getsockname()[1])
+PY
+}
+
 demo() {
-  local start=$SECONDS
+  local start=$SECONDS port
   if [ ! -f data/shards/manifest.json ]; then
     python -m pipelines.build --input data/sample/html --output data/shards \
       --train-tokenizer --vocab-size 8192 --valid-fraction 0.05
@@ -79,7 +95,9 @@ demo() {
     echo "demo: using the corpus already built in data/shards (delete it to rebuild)"
   fi
   rm -rf runs/demo
-  deepspeed --num_gpus "$(processes | tail -n1)" megagpt/train.py --config configs/demo.yaml "$@"
+  port=$(master_port)  # picked just before use: another job may take a port meanwhile
+  deepspeed --num_gpus "$(processes | tail -n1)" --master_port "$port" megagpt/train.py \
+    --config configs/demo.yaml "$@"
   echo "demo: finished in $((SECONDS - start)) s; TensorBoard: ./launch.sh tensorboard (runs/demo)"
 }
 
@@ -123,7 +141,8 @@ case "$cmd" in
   demo) setup; demo "$@" ;;
   test) setup; python -m pytest "$@" ;;
   cluster-test) setup; python -m pytest tests/cluster tests/faults "$@" ;;
+  free-port) master_port ;;
   tensorboard) setup; exec tensorboard --logdir runs --host 127.0.0.1 --port "${PORT:-6006}" ;;
   gpu-check) gpu_check "$@" ;;
-  *) echo "usage: ./launch.sh [demo|test|cluster-test|gpu-check|setup|tensorboard] [args]" >&2; exit 2 ;;
+  *) echo "usage: ./launch.sh [demo|test|cluster-test|gpu-check|setup|tensorboard|free-port] [args]" >&2; exit 2 ;;
 esac
