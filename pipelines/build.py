@@ -25,6 +25,7 @@ at the very end, so a failed build never destroys a previous one.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import logging
@@ -367,11 +368,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = BuildSettings.from_arguments(args)
         build(args.input, args.output, settings, workers=args.workers, force=args.force, comm=comm)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
-        print(f"pipelines.build: error: {err}", file=sys.stderr)
-        if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
-            abort(comm, 2)  # the other ranks may be waiting in a collective: end them all
-        return 2
+        return _fail(comm, str(err))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return _fail(comm, _no_space(err, Path(args.output)))
     return 0
+
+
+def _fail(comm: Any, message: str) -> int:
+    print(f"pipelines.build: error: {message}", file=sys.stderr)
+    if not isinstance(comm, LocalComm) and comm.Get_size() > 1:
+        abort(comm, 2)  # the other ranks may be waiting in a collective: end them all
+    return 2
+
+
+def _no_space(err: OSError, output: Path) -> str:
+    where = output.absolute().parent
+    free = shutil.disk_usage(where).free if where.is_dir() else 0
+    what = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    return (f"no space left in {where} ({what}): the work area {output}.build and "
+            f"the output {output} are written there, {free / 1e6:.1f} MB free now; free space or choose an "
+            "--output on a larger disk (the same command continues the build from its work area)")
 
 
 if __name__ == "__main__":
