@@ -9,8 +9,9 @@ slice), from DeepSpeed 0.19.8's ZeRO-3 and measured in bench/results/offload_xl-
   16 bytes): on the device, in host memory (cpu), or in the folder (nvme) read a sub-group at a
   time through four sub-group-sized buffers;
 - plus what every process holds: the framework (torch, DeepSpeed: about 2.7 GiB measured on a CPU)
-  and DeepSpeed's per-parameter bookkeeping (about 6 bytes a parameter, measured; fitted from the
-  2- and 6-layer GPT-2 XL-width runs).
+  and DeepSpeed's per-parameter bookkeeping (about 6 bytes a parameter, fitted from the 2- and
+  6-layer GPT-2 XL-width runs; the whole 48-layer model reached 22-24 GB resident where this
+  predicts 16.4 GiB, so the fit under-predicts at depth: docs/offload.md).
 On a CPU the device is the host, so what stays "on the device" counts here too.
 """
 
