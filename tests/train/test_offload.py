@@ -103,4 +103,7 @@ def test_host_memory_too_small_for_the_offload_choice_is_refused_naming_what_fit
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "GiB of host memory on this node" in log and "GiB available" in log, log[-3000:]
-    assert "this fits: parallel.offload_optimizer=nvme" in log
+    # What fits depends on the memory free when the child looks: the optimizer on NVMe, or (on a
+    # machine busy enough) nothing on one rank; never the refused cpu choice.
+    assert ("this fits: parallel.offload_optimizer=nvme" in log
+            or "no offload choice fits one rank here: use more nodes" in log), log[-3000:]
