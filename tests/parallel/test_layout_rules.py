@@ -30,7 +30,8 @@ def test_dp_is_what_is_left_and_zero_auto_is_3_with_pipelines_too():
     (2, ["parallel.tp=2", "model.vocab_size=513", "model.vocab_pad_multiple=1"],
      r"does not divide the padded vocabulary \(513 = model.vocab_size=513.*model.vocab_pad_multiple=256"),
     (4, ["parallel.pp=4"], r"parallel.pp=4 is more than model.n_layer=2.*pp <= 2"),
-    (1, ["parallel.activation_checkpoint=-1"], r"parallel.activation_checkpoint must be 0 or positive, got -1"),
+    (1, ["parallel.activation_checkpoint=-1"],
+     r"parallel.activation_checkpoint must be 0 or positive, got -1"),
     (2, ["parallel.compile=true"], r"compile=true with parallel.pp=1 and zero stage 3.*"
                                    r"recompiles at every module.*pp=1 and parallel.zero_stage 0-2"),
     (2, ["parallel.compile=true", "parallel.pp=2", "parallel.zero_stage=1"],
