@@ -17,7 +17,7 @@ from megagpt.config import ConfigError, RunConfig, uses_bf16
 # dotted key -> (value, where it comes from: named in messages)
 Wanted = dict[str, tuple[Any, str]]
 
-REPOSITORY_DS_CONFIG = Path(__file__).resolve().parents[1] / "ds_config.json"
+REPOSITORY_DS_CONFIG = Path(__file__).resolve().parents[2] / "ds_config.json"
 PRETRAINING_BETAS = [0.9, 0.95]  # GPT-3 (Brown et al. 2020, appendix B), nanoGPT
 
 

@@ -32,7 +32,9 @@ def test_a_failing_mpi_build_prints_its_error_and_leaves_no_segment(articles, tm
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     error = "pipelines.build: error: --vocab-size 200000 cannot be trained on"
     assert error in proc.stderr, proc.stderr[-3000:]
-    assert "MPI_Abort" in proc.stdout + proc.stderr  # the abort did end the run
+    # MPICH's own "application called MPI_Abort" line is not asserted: hydra may tear down the
+    # output pipes before it arrives (seen in CI). Rank 1 waits in a collective, so a run that
+    # ends at all, with rank 0's code, was ended by the abort.
     assert segments() - before == set(), "MPI_Abort left the run's MPICH segment in /dev/shm"
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def finetune(checkpoint, train, valid, out, *extra: str) -> float:
-    cmd = [sys.executable, "-m", "megagpt.tasks.finetune", "--checkpoint", str(checkpoint), "--task",
+    cmd = [sys.executable, "-m", "megagpt.finetune", "--checkpoint", str(checkpoint), "--task",
            "classification", "--train", str(train), "--valid", str(valid), "--lr", "1e-3",
            "--json", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
