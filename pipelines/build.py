@@ -54,6 +54,7 @@ from pipelines.build_dedup import DuplicateSteps
 from pipelines.build_settings import (
     CONTAMINATED,
     DUPLICATE,
+    LOW_QUALITY,
     NEAR_DUPLICATE,
     STEPS,
     TOKENIZER_FILE,
@@ -65,6 +66,7 @@ from pipelines.build_tokenizer import TokenizerSteps, sample_hash
 from pipelines.chunk_map import ChunkMapper
 from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, abort, settle, world
+from pipelines.quality_model import keep
 from pipelines.sources import Chunk, list_inputs, plan_chunks
 from pipelines.workarea import WorkArea, content_hash, run_units, save_json
 
@@ -198,6 +200,9 @@ class _Build(DuplicateSteps, TokenizerSteps):
             fate[valid] = VALID
             contaminated = docs["contamination"] >= 0
             fate[contaminated] = CONTAMINATED + docs["contamination"][contaminated]
+            if "quality" in docs:
+                fate[~keep(docs["quality"], docs["digests"], self.s.seed, self.s.quality_alpha,
+                           self.s.quality_threshold)] = LOW_QUALITY
             fate[np.isin(keys, _within(self.near_duplicates, keys[0], keys[-1]))] = NEAR_DUPLICATE
             for part in range(self.exact_parts):
                 dups = np.load(self.area.file("exact", part, "duplicates.npy"), mmap_mode="r")
@@ -233,7 +238,9 @@ class _Build(DuplicateSteps, TokenizerSteps):
         counts.record("near_dedup", unique, distinct, Counter({"near_duplicate": int(fate[NEAR_DUPLICATE])}))
         leaks = Counter({f"contaminated:{name}": int(fate[CONTAMINATED + i])
                          for i, name in enumerate(self.eval_names)})
-        counts.record("decontaminate", distinct, int(fate[TRAIN] + fate[VALID]), leaks)
+        good = distinct - fate[LOW_QUALITY]
+        counts.record("quality", distinct, good, Counter({"low_quality": int(fate[LOW_QUALITY])}))
+        counts.record("decontaminate", good, int(fate[TRAIN] + fate[VALID]), leaks)
         counts.stages["split"] = {"in": int(fate[TRAIN] + fate[VALID]), "train": int(fate[TRAIN]),
                                   "valid": int(fate[VALID])}
         log.info("%-12s %8d in %8d train %d valid", "split", *counts.stages["split"].values())
@@ -254,14 +261,17 @@ class _Build(DuplicateSteps, TokenizerSteps):
         tok, dtype = self.tokenizer, token_dtype(self.tokenizer.vocab_size)
         pattern = chunk_shard_pattern(unit)
         cap = self.s.max_shard_tokens
+        quality = docs["quality"] if "quality" in docs else None
         with (ShardWriter(self.area.out, tok.vocab_size, cap, pattern) as train,
               ShardWriter(self.area.out / "valid", tok.vocab_size, cap, pattern) as valid):
-            for doc, digest, side in zip(self._texts(unit), docs["digests"], fate):
+            for i, (doc, digest, side) in enumerate(zip(self._texts(unit), docs["digests"], fate)):
                 if side not in (TRAIN, VALID):
                     continue
                 tokens = np.array([*tok.encode(doc["text"]), tok.eos_id], dtype=dtype)
-                (train if side == TRAIN else valid).write(digest.tobytes().hex(), tokens,
-                                                          {"source": doc["source"], "url": doc["url"]})
+                meta = {"source": doc["source"], "url": doc["url"]}
+                if quality is not None:  # the classifier's score, for audits and mixtures later
+                    meta["quality"] = round(float(quality[i]), 6)
+                (train if side == TRAIN else valid).write(digest.tobytes().hex(), tokens, meta)
         self.area.finish("shards", unit, {"train": train.shards, "valid": valid.shards})
 
     # -- manifest and publication -------------------------------------------------------------

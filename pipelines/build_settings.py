@@ -14,11 +14,12 @@ from megagpt.formats.tokenizer import Tokenizer
 from pipelines.extract import EXTRACTORS
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS
 from pipelines.overlap import parse_named
+from pipelines.quality_model import QualityModel, file_sha256
 
 TOKENIZER_FILE = "tokenizer.model"
 MIB = 1 << 20
 # what the decide step makes of a document that passed the filters, one byte a document
-TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, CONTAMINATED = range(5)  # CONTAMINATED + i: by eval set i
+TRAIN, VALID, DUPLICATE, NEAR_DUPLICATE, LOW_QUALITY, CONTAMINATED = range(6)  # CONTAMINATED + i: eval set i
 
 
 def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
@@ -30,8 +31,8 @@ def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
 STEPS = [
     (("map", "exact", "near"), {"inputs", "chunk_mb", "extractor", "text_field", "min_chars", "min_alpha",
                                 "blocked_domains", "near_threshold", "num_perm", "shingle", "seed",
-                                "decontaminate", "decontaminate_threshold"}),
-    (("decide",), {"valid_fraction"}),
+                                "decontaminate", "decontaminate_threshold", "quality"}),
+    (("decide",), {"valid_fraction", "quality_alpha", "quality_threshold"}),
     (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
     (("shards", "out"), {"max_shard_tokens"}),
 ]
@@ -56,6 +57,12 @@ class BuildSettings:
     decontaminate: Mapping[str, str] = field(default_factory=dict)  # --decontaminate NAME=PATH ...
     decontaminate_threshold: float = _option(
         0.01, "drop when more than this share of a document's 8-grams is in an eval set")
+    quality: str | None = _option(None, "GPT-3's quality filter: a classifier trained by python -m "
+                                  "pipelines.quality train (score in each document's meta)", str)
+    quality_alpha: float = _option(9.0, "with --quality: keep a document when np.random.pareto(alpha) > "
+                                   "1 - score (GPT-3)")
+    quality_threshold: float | None = _option(None, "with --quality: keep a document when its score is at "
+                                              "least this, instead of the Pareto rule", float)
     tokenizer_sample: int = _option(100_000, "train the tokenizer on at most this many train documents")
     seed: int = _option(0, "seeds the split, the MinHash permutations and the tokenizer sample")
     max_shard_tokens: int = _option(50_000_000, "tokens a shard at most")
@@ -73,6 +80,7 @@ class BuildSettings:
             raise ValueError(f"--extractor {self.extractor}: choose one of {', '.join(EXTRACTORS)}")
         if self.chunk_mb is not None and self.chunk_mb <= 0:
             raise ValueError(f"--chunk-mb {self.chunk_mb} must be positive")
+        self._check_quality()
         object.__setattr__(self, "blocked_domains", tuple(self.blocked_domains))
         object.__setattr__(self, "decontaminate", {k: str(v) for k, v in self.decontaminate.items()})
         if self.tokenizer is not None:
@@ -108,11 +116,26 @@ class BuildSettings:
                    blocked_domains=args.block_domain,
                    decontaminate=parse_named(args.decontaminate, "--decontaminate"), **simple)
 
+    def _check_quality(self) -> None:
+        """Refuse quality settings that cannot work, and a missing or foreign model, before any work."""
+        if self.quality_alpha <= 0:
+            raise ValueError(f"--quality-alpha {self.quality_alpha} must be positive (GPT-3 used 9)")
+        if self.quality_threshold is not None and not 0 <= self.quality_threshold <= 1:
+            raise ValueError(f"--quality-threshold {self.quality_threshold} must be in [0, 1]")
+        if self.quality is None:
+            if self.quality_threshold is not None:
+                raise ValueError("--quality-threshold needs --quality MODEL")
+            return
+        object.__setattr__(self, "quality", str(self.quality))
+        QualityModel.load(self.quality)
+
     def chunk_bytes(self, total_bytes: int) -> int:
         if self.chunk_mb is not None:
             return max(1, int(self.chunk_mb * MIB))
         return int(min(64 * MIB, max(MIB, total_bytes / 256)))
 
     def manifest(self) -> dict[str, Any]:
+        # the model's sha256 too: a continued build redoes the scores of a model retrained in place
+        model = self.quality and {"model": self.quality, "sha256": file_sha256(self.quality)}
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "tokenizer"} | {
-            "blocked_domains": list(self.blocked_domains)}
+            "blocked_domains": list(self.blocked_domains), "quality": model}

@@ -22,6 +22,7 @@ from pipelines.documents import RawDocument
 from pipelines.extract import extract_html
 from pipelines.filters import FilterConfig, reject_reason
 from pipelines.minhash import MinHasher
+from pipelines.quality_model import QualityModel
 from pipelines.sources import Chunk, read_chunk
 from pipelines.workarea import WorkArea, save_array
 
@@ -33,6 +34,7 @@ class ChunkMapper:
         self.hasher = MinHasher(settings.num_perm, settings.shingle, seed=settings.seed + 1)
         self.decontaminator = Decontaminator(settings.decontaminate, settings.decontaminate_threshold)
         self.eval_names = list(settings.decontaminate)
+        self.quality = QualityModel.load(settings.quality) if settings.quality else None
 
     def map(self, chunk: Chunk) -> None:
         """Read, extract, clean and filter the chunk's documents; write the survivors' texts and
@@ -63,8 +65,10 @@ class ChunkMapper:
         with zstandard.open(self.area.file("map", unit, "texts.jsonl.zst"), "wt", encoding="utf-8") as out:
             for _, text, source, url in kept:
                 out.write(json.dumps({"text": text, "source": source, "url": url}, ensure_ascii=False) + "\n")
+        # scored here, kept or dropped in the decide step: a new --quality-alpha redoes only that
+        scores = {"quality": self.quality.score([t for _, t, _, _ in kept])} if self.quality else {}
         np.savez(self.area.file("map", unit, "docs.npz"), keys=keys, digests=digests,
-                 contamination=contamination)
+                 contamination=contamination, **scores)
         save_array(self.area.file("map", unit, "signatures.npy"), sigs)
         exact = digest_records(keys, digests)
         save_array(self.area.file("map", unit, "digests.npy"), exact)
