@@ -64,6 +64,7 @@ from pipelines.build_settings import (
 )
 from pipelines.build_tokenizer import TokenizerSteps, sample_hash
 from pipelines.chunk_map import ChunkMapper
+from pipelines.dedup import recall_curve
 from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.quality_model import keep
@@ -287,7 +288,8 @@ class _Build(DuplicateSteps, TokenizerSteps):
             out.mkdir(exist_ok=True)
             shutil.copyfile(self.area.work / TOKENIZER_FILE, out / TOKENIZER_FILE)
             manifest = self._write_manifest(out, [s for r in records for s in r["train"]],
-                                            {"stages": self.counts, "settings": self.s.manifest()})
+                                            {"stages": self.counts, "settings": self.s.manifest(),
+                                             "near_dedup": self._near_dedup_manifest()})
             valid = [s for r in records for s in r["valid"]]
             if valid:
                 shutil.copyfile(out / TOKENIZER_FILE, out / "valid" / TOKENIZER_FILE)
@@ -299,6 +301,14 @@ class _Build(DuplicateSteps, TokenizerSteps):
             shutil.rmtree(self.area.root)
         settle(self.comm)
         return self.comm.bcast(manifest, root=0)
+
+    def _near_dedup_manifest(self) -> dict[str, Any]:
+        """The LSH bands used and the chance that a pair of each Jaccard similarity was compared
+        (only compared pairs can be found: candidates are then verified at the threshold)."""
+        bands, rows = self.s.lsh_bands()
+        return {"threshold": self.s.near_threshold, "num_perm": self.s.num_perm, "bands": bands, "rows": rows,
+                "chosen": "given" if self.s.minhash_bands or self.s.minhash_rows else "for the threshold",
+                "candidate_probability": recall_curve(bands, rows)}
 
     def _write_manifest(self, folder: Path, shards: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
         tok = self.tokenizer

@@ -17,7 +17,6 @@ import numpy as np
 from pipelines.dedup import (
     candidate_pairs,
     exact_duplicate_keys,
-    lsh_bands,
     near_duplicate_keys,
     partition_rows,
     verified_edges,
@@ -34,7 +33,7 @@ class DuplicateSteps:
         kept = sum(self.area.record("map", c.id)["kept"] for c in self.chunks)
         self.exact_parts = self._partitions("exact", kept)
         self._run("exact", range(self.exact_parts), self._exact_partition)
-        bands, _ = lsh_bands(self.s.near_threshold, self.s.num_perm)
+        bands, _ = self.s.lsh_bands()
         self.near_parts = self._partitions("near", kept * bands)  # a band record a band a document
         self._run("near", range(self.near_parts), self._near_partition)
         edges = [np.load(self.area.file("near", p, "edges.npy")) for p in range(self.near_parts)]

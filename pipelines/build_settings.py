@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megagpt.formats.tokenizer import Tokenizer
+from pipelines.dedup import check_bands, lsh_bands
 from pipelines.extract import EXTRACTORS
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS
 from pipelines.overlap import parse_named
@@ -30,7 +31,8 @@ def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
 # the steps of a build in order: their work folders, and what their results depend on
 STEPS = [
     (("map", "exact", "near"), {"inputs", "chunk_mb", "extractor", "text_field", "min_chars", "min_alpha",
-                                "blocked_domains", "near_threshold", "num_perm", "shingle", "seed",
+                                "blocked_domains", "near_threshold", "num_perm", "minhash_bands",
+                                "minhash_rows", "shingle", "seed",
                                 "decontaminate", "decontaminate_threshold", "quality"}),
     (("decide",), {"valid_fraction", "quality_alpha", "quality_threshold"}),
     (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
@@ -53,6 +55,10 @@ class BuildSettings:
     blocked_domains: tuple[str, ...] = DEFAULT_BLOCKED_DOMAINS  # --block-domain
     near_threshold: float = _option(0.8, "MinHash Jaccard similarity that makes a near duplicate")
     num_perm: int = _option(128, "MinHash permutations")
+    minhash_bands: int | None = _option(None, "LSH bands (default: chosen for --near-threshold, see "
+                                        "pipelines/dedup.py)", int)
+    minhash_rows: int | None = _option(None, "MinHash values an LSH band (default: chosen with the bands)",
+                                       int)
     shingle: int = _option(5, "words a MinHash shingle")
     decontaminate: Mapping[str, str] = field(default_factory=dict)  # --decontaminate NAME=PATH ...
     decontaminate_threshold: float = _option(
@@ -78,6 +84,7 @@ class BuildSettings:
             raise ValueError(f"--tokenizer-sample {self.tokenizer_sample} must be at least 1")
         if self.extractor not in EXTRACTORS:
             raise ValueError(f"--extractor {self.extractor}: choose one of {', '.join(EXTRACTORS)}")
+        self.lsh_bands()  # refuses bands and rows a signature cannot give, before any work
         if self.chunk_mb is not None and self.chunk_mb <= 0:
             raise ValueError(f"--chunk-mb {self.chunk_mb} must be positive")
         self._check_quality()
@@ -115,6 +122,19 @@ class BuildSettings:
         return cls(tokenizer=args.tokenizer, vocab_size=args.vocab_size if args.train_tokenizer else None,
                    blocked_domains=args.block_domain,
                    decontaminate=parse_named(args.decontaminate, "--decontaminate"), **simple)
+
+    def lsh_bands(self) -> tuple[int, int]:
+        """(bands, rows) of the near-dedup LSH: the options, else chosen for the threshold; one
+        option alone takes the most of the other that the signature holds."""
+        bands, rows = self.minhash_bands, self.minhash_rows
+        if bands is None and rows is None:
+            return lsh_bands(self.near_threshold, self.num_perm)
+        for name, value in (("--minhash-bands", bands), ("--minhash-rows", rows)):
+            if value is not None and not 1 <= value <= self.num_perm:
+                raise ValueError(f"{name} {value} must be between 1 and --num-perm {self.num_perm}")
+        bands, rows = bands or self.num_perm // rows, rows or self.num_perm // bands
+        check_bands(bands, rows, self.num_perm)
+        return bands, rows
 
     def _check_quality(self) -> None:
         """Refuse quality settings that cannot work, and a missing or foreign model, before any work."""

@@ -73,7 +73,7 @@ class ChunkMapper:
         exact = digest_records(keys, digests)
         save_array(self.area.file("map", unit, "digests.npy"), exact)
         save_array(self.area.file("map", unit, "digests.bounds.npy"), range_bounds(exact["d0"]))
-        bands = band_records(keys[signed], sigs[signed], self.settings.near_threshold)
+        bands = band_records(keys[signed], sigs[signed], *self.settings.lsh_bands())
         save_array(self.area.file("map", unit, "bands.npy"), bands)
         save_array(self.area.file("map", unit, "bands.bounds.npy"), range_bounds(bands["h"]))
         self.area.finish("map", unit, {"read": n_read, "skipped": skipped, "no_text": no_text,
