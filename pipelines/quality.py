@@ -36,10 +36,11 @@ from megagpt.formats.shards import MANIFEST_NAME
 from pipelines.clean import clean_text
 from pipelines.extract import EXTRACTORS, extract_html
 from pipelines.overlap import iter_texts
-from pipelines.quality_model import Features, QualityModel
+from pipelines.quality_model import QualityModel
 from pipelines.sources import list_inputs, read_documents
 
 log = logging.getLogger("pipelines.quality")
+_TEXTS_A_BLOCK = 1024
 
 
 def read_texts(paths: Sequence[str | Path], limit: int, min_chars: int = 200, text_field: str = "text",
@@ -83,11 +84,16 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _matrix(features: Features, bits: int) -> Any:
-    from scipy.sparse import csr_matrix
+def _matrix(model: QualityModel, texts: list[str]) -> Any:
+    """The texts' features as one sparse matrix, built a block at a time: the sort that counts a
+    block's n-grams needs several times the block's entries, the finished rows only 8 bytes each."""
+    from scipy.sparse import csr_matrix, vstack
 
-    return csr_matrix((features.values, (features.docs, features.buckets)),
-                      shape=(features.documents, 1 << bits))
+    blocks = []
+    for start in range(0, len(texts), _TEXTS_A_BLOCK):
+        f = model.features(texts[start : start + _TEXTS_A_BLOCK])
+        blocks.append(csr_matrix((f.values, (f.docs, f.buckets)), shape=(f.documents, 1 << model.bits)))
+    return vstack(blocks, format="csr")
 
 
 def train(positives: list[str], negatives: list[str], *, ngrams: Sequence[int] = (1, 2), bits: int = 20,
@@ -103,8 +109,7 @@ def train(positives: list[str], negatives: list[str], *, ngrams: Sequence[int] =
         if len(set(labels[mask].tolist())) < 2:
             raise ValueError(f"the {side} part has documents of one class only ({int(labels[mask].sum())} "
                              f"positive of {int(mask.sum())}); give more documents of each side")
-    unfitted = QualityModel(np.zeros(1 << bits, np.float32), 0.0, tuple(ngrams), bits, {})
-    x = _matrix(unfitted.features(texts), bits)
+    x = _matrix(QualityModel(np.zeros(1 << bits, np.float32), 0.0, tuple(ngrams), bits, {}), texts)
     started = time.perf_counter()
     fit = LogisticRegression(C=c, max_iter=1000).fit(x[sides["train"]], labels[sides["train"]])
     seconds = time.perf_counter() - started
