@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import xxhash
 
-from pipelines.ngrams import fmix64, fmix64_scalar
+from pipelines.ngrams import fmix64
 
 BLOCK_BITS = 512
 SECTORS = BLOCK_BITS // 64
@@ -50,6 +50,17 @@ _ALLREDUCE_CHUNK = 64 << 20  # bytes OR-merged a collective: bounds MPI's tempor
 # one hash seed for each visit's block and for each of its k bits a sector
 _SALTS = fmix64(np.arange(1, 1 + MAX_BLOCKS * (MAX_K + 1), dtype=np.uint64)).reshape(MAX_BLOCKS, MAX_K + 1)
 _U32, _U6, _U63, _U1 = (np.uint64(v) for v in (32, 6, 63, 1))  # numba: uint64 with an int is float64
+_U33, _FMIX1, _FMIX2 = np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+
+
+@numba.njit(inline="always")
+def fmix64_scalar(h: np.uint64) -> np.uint64:
+    """fmix64 of one uint64, for compiled loops (numba: constants must stay uint64)."""
+    h ^= h >> _U33
+    h *= _FMIX1
+    h ^= h >> _U33
+    h *= _FMIX2
+    return h ^ (h >> _U33)
 
 
 @numba.njit(inline="always")

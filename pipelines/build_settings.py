@@ -14,8 +14,8 @@ from megagpt.formats.tokenizer import Tokenizer
 from pipelines.dedup import check_bands, lsh_bands
 from pipelines.extract import EXTRACTORS
 from pipelines.filters import DEFAULT_BLOCKED_DOMAINS
-from pipelines.overlap import parse_named
 from pipelines.quality_model import QualityModel, file_sha256
+from pipelines.sources import parse_named
 
 TOKENIZER_FILE = "tokenizer.model"
 MIB = 1 << 20

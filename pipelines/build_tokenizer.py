@@ -2,6 +2,13 @@
 seeded hashes, found by bisection over the ranks so that no rank holds more than the sample's
 hashes), and the tokenizer trained on it on rank 0, or the one given.
 
+Training runs in a child process (multiprocessing's spawn: a fresh interpreter, nothing of the
+build's memory copied) that reads the sample files itself: sentencepiece keeps the sample and its
+statistics, several times the sample's text, until its process ends, and in the build's own
+process that stayed resident for the rest of the build (599 MiB on a build that otherwise needs
+about 50). The sample is bounded by --tokenizer-sample documents, so the child's memory is too,
+whatever the corpus's size.
+
 A part of pipelines.build's `_Build`: it uses the build's settings, work area, chunks and ranks.
 """
 
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -56,13 +64,15 @@ class TokenizerSteps:
         if self.s.tokenizer is not None:
             shutil.copyfile(self.s.tokenizer, tmp)
         else:
-            texts = list(self._sample_texts())
-            log.info("training a %d-piece BPE tokenizer on %d documents", self.s.vocab_size, len(texts))
+            samples = [self.area.file("sample", c.id, "texts.zst") for c in self.chunks]
+            documents = sum(self.area.record("sample", c.id)["documents"] for c in self.chunks)
+            log.info("training a %d-piece BPE tokenizer on %d documents", self.s.vocab_size, documents)
             try:
-                Tokenizer.train(texts, tmp, self.s.vocab_size, seed=self.s.seed)
+                with multiprocessing.get_context("spawn").Pool(1) as child:
+                    child.apply(train_tokenizer, (samples, tmp, self.s.vocab_size, self.s.seed))
             except RuntimeError as err:  # sentencepiece: "Vocabulary size too high (N) ..."
                 tmp.unlink(missing_ok=True)
-                raise ValueError(f"--vocab-size {self.s.vocab_size} cannot be trained on {len(texts)} "
+                raise ValueError(f"--vocab-size {self.s.vocab_size} cannot be trained on {documents} "
                                  f"documents ({err}); lower --vocab-size or give more text") from None
         os.replace(tmp, path)
 
@@ -93,7 +103,13 @@ class TokenizerSteps:
                 out.write(json.dumps(text, ensure_ascii=False) + "\n")
         self.area.finish("sample", unit, {"documents": int(chosen.sum())})
 
-    def _sample_texts(self) -> Iterator[str]:
-        for c in self.chunks:
-            with zstandard.open(self.area.file("sample", c.id, "texts.zst"), "rt", encoding="utf-8") as f:
-                yield from (json.loads(line) for line in f)
+
+def train_tokenizer(samples: list[Path], model: Path, vocab_size: int, seed: int) -> None:
+    """Train a tokenizer on the texts of the sample files, in this process (the build's child)."""
+    Tokenizer.train(_sample_texts(samples), model, vocab_size, seed=seed)
+
+
+def _sample_texts(samples: list[Path]) -> Iterator[str]:
+    for path in samples:
+        with zstandard.open(path, "rt", encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f)

@@ -27,7 +27,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from pipelines.ngrams import fmix64_scalar
+from pipelines.bloom import fmix64_scalar
 
 DEFAULT_PRECISION = 16
 _SALT = np.uint64(0x5851F42D4C957F2D)  # any odd constant not used by the Bloom filter's salts

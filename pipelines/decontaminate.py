@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.bloom import BloomFilter
-from pipelines.mpi import LocalComm
 from pipelines.ngrams import ngram_hashes
-from pipelines.overlap import build_filter
+
+if TYPE_CHECKING:
+    from pipelines.bloom import BloomFilter
 
 
 class Decontaminator:
@@ -25,8 +26,14 @@ class Decontaminator:
         if not 0 <= threshold < 1:
             raise ValueError(f"--decontaminate-threshold {threshold} must be in [0, 1)")
         self.threshold, self.n = threshold, n
+        self.filters: dict[str, BloomFilter] = {}
+        if not eval_sets:
+            return  # the Bloom filter's numba loops (about 100 MiB a process) are loaded only for eval sets
+        from pipelines.mpi import LocalComm
+        from pipelines.overlap import build_filter
+
         # eval sets are small: every rank builds the same filters by itself
-        self.filters: dict[str, BloomFilter] = {
+        self.filters = {
             name: build_filter([path], n, fp, LocalComm()) for name, path in eval_sets.items()}
 
     def reject_reason(self, text: str) -> str | None:

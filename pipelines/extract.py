@@ -6,6 +6,9 @@
   about 4-5x faster and a few F1 points less accurate.
 bench/extraction.py measures both on the 181 pages; tests/corpus/test_extract.py keeps each above
 its floor. Bytes are decoded with the charset the HTTP header gave, else detected.
+
+Both are imported on the first page extracted, not with this module: with lxml and their HTML
+tooling they hold about 120 MiB that a build of text or JSON lines never uses.
 """
 
 from __future__ import annotations
@@ -13,11 +16,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-
-import trafilatura
-from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import bytes_to_str, detect_encoding
-from resiliparse.parse.html import HTMLTree
 
 
 @dataclass
@@ -31,6 +29,11 @@ EXTRACTORS = ("trafilatura", "resiliparse")
 
 def extract_html(html: str | bytes, url: str | None = None, charset: str | None = None,
                  extractor: str = "trafilatura") -> Extracted:
+    import trafilatura
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+    from resiliparse.parse.html import HTMLTree
+
     if isinstance(html, bytes) and (charset or extractor == "resiliparse"):
         html = bytes_to_str(html, charset or detect_encoding(html))
     if extractor == "resiliparse":

@@ -50,7 +50,7 @@ from pipelines.cardinality import HyperLogLog
 from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.ngrams import ngram_hashes_batch
 from pipelines.partitioned import PartitionedBloom, part_path, ranks_needed, saved_parts
-from pipelines.sources import SUFFIXES, list_inputs, read_bytes, read_documents
+from pipelines.sources import SUFFIXES, list_inputs, parse_named, read_bytes, read_documents
 
 log = logging.getLogger("pipelines.overlap")
 _DOCS_A_BATCH = 1024  # documents hashed together: numpy overhead is paid once a batch
@@ -281,19 +281,6 @@ def format_table(report: dict[str, dict[str, Any]], n: int) -> str:
                     f"{100 * d['mean']:>8.2f}% {100 * d['p90']:>7.2f}% {100 * d['max']:>7.2f}% "
                     f"{100 * d['any']:>8.1f}%")
     return "\n".join(rows)
-
-
-def parse_named(items: Sequence[str], option: str) -> dict[str, Path]:
-    """NAME=PATH pairs; the error names the option and the expected form."""
-    named: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} {item!r}: expected NAME=PATH, e.g. lambada=data/eval/lambada")
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{option} {item}: {path} does not exist")
-        named[name] = Path(path)
-    return named
 
 
 def parse_bytes(value: str, option: str) -> int:

@@ -221,3 +221,16 @@ def _jsonl_documents(path: Path, piece: Piece, skipped: Counter, text_field: str
         url = record.get("url")
         yield RawDocument(piece.file << KEY_FILE_SHIFT | offset, str(path), text, is_html=False,
                           url=url if isinstance(url, str) else None)
+
+
+def parse_named(items: Sequence[str], option: str) -> dict[str, Path]:
+    """NAME=PATH pairs (eval sets, reference corpora); the error names the option and the expected form."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option} {item!r}: expected NAME=PATH, e.g. lambada=data/eval/lambada")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{option} {item}: {path} does not exist")
+        named[name] = Path(path)
+    return named

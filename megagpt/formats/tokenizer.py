@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import regex
-import sentencepiece as spm
 
 EOS_PIECE = "<|endoftext|>"
 SENTENCEPIECE_FILE = "tokenizer.model"
@@ -33,6 +32,8 @@ class Tokenizer:
         if not self.path.is_file():
             raise FileNotFoundError(f"tokenizer model {self.path} does not exist")
         data = self.path.read_bytes()
+        import sentencepiece as spm  # here, not at the top: a corpus build that never tokenizes skips it
+
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.LoadFromSerializedProto(data)
@@ -51,6 +52,8 @@ class Tokenizer:
     def train(cls, texts: Iterable[str], model_path: str | Path, vocab_size: int, *,
               seed: int = 0) -> Tokenizer:
         """Train a BPE model of `vocab_size` pieces on `texts` and write it to `model_path`."""
+        import sentencepiece as spm
+
         del seed  # BPE training is deterministic; kept so callers can pass their run seed
         texts = list(texts)
         model_path = Path(model_path)
