@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.ngrams import ngram_hashes_batch
-
 FORMAT = "megagpt-quality-1"
 _DOCS_A_BATCH = 512  # documents hashed together: the numpy work is paid once a batch
 _PARETO_STREAM = 0x9A1E7  # keeps these draws apart from any other use of the build's seed
@@ -54,6 +52,9 @@ class Features:
 
 def hashed_features(texts: Sequence[str], ngrams: Sequence[int], bits: int) -> Features:
     """The unit-length, log-count vectors of `texts` (see the module docstring)."""
+    # here, not at the top: a build without --quality imports this module but needs no compiled code
+    from pipelines.ngrams import ngram_hashes_batch
+
     rows, cols = [], []
     shift = np.uint64(64 - bits)
     for n in ngrams:
