@@ -107,10 +107,11 @@ def _compiled():
 def _hash_words_numpy(code_points: np.ndarray, is_word: np.ndarray, doc_ends: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """What _hash_words_loop computes, in numpy: the word hashes and each document's count."""
-    inside = is_word[code_points].view(np.int8)
-    edges = np.diff(inside, prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    lengths = np.flatnonzero(edges == -1) - starts
+    inside = is_word[code_points]
+    starts = np.flatnonzero(inside[1:] > inside[:-1]) + 1
+    if len(inside) and inside[0]:
+        starts = np.r_[0, starts]
+    lengths = np.flatnonzero(inside[1:] < inside[:-1]) + 1 - starts  # the batch ends with a separator
     order = np.argsort(-lengths, kind="stable")  # longest first: step k works on a prefix
     first, size = starts[order], lengths[order]
     h = np.full(len(starts), _FNV_OFFSET, np.uint64)
