@@ -56,6 +56,12 @@ def rss_gib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
+def locked_gib() -> float:
+    """Page-locked memory now: DeepSpeed's NVMe swap buffers (part of the resident figure)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmLck:")) / 2**20
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
 
@@ -106,7 +112,7 @@ def phase_train(args: Any) -> dict[str, Any]:
     start = time.perf_counter()
     engine, topo, cfg = engine_for(args, args.seq)
     built = time.perf_counter() - start
-    rss = {"after_build": rss_gib(), "peak_after_build": peak_rss_gib()}
+    rss = {"after_build": rss_gib(), "peak_after_build": peak_rss_gib(), "locked": locked_gib()}
     x, y = batch(args.seq, 0)
     steps = [timed_step(engine, x, y) for _ in range(args.steps)]
     rss.update(after_steps=rss_gib(), peak_after_steps=peak_rss_gib())
@@ -186,7 +192,8 @@ def run_phase(args: Any, phase: str) -> dict[str, Any]:
     report = args.folder / f"{phase}.json"
     cmd = [sys.executable, "-m", "bench.offload_xl", "--phase", phase, "--folder", str(args.folder),
            "--layers", str(args.layers), "--seq", str(args.seq), "--steps", str(args.steps),
-           "--optimizer", args.optimizer, "--params", args.params, "--speed-seq", str(args.speed_seq)]
+           "--optimizer", args.optimizer, "--params", args.params, "--speed-seq", str(args.speed_seq),
+           *(["--skip", *args.skip] if args.skip else [])]
     print(f"offload_xl: phase {phase} ...", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return json.loads(report.read_text())

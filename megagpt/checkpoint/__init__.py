@@ -1,7 +1,8 @@
 """Save and resume training: one copy of the state, every rank writing its own part, resharded on load.
 
 A checkpoint is a folder `step00000050/` written with torch.distributed.checkpoint (DCP): each rank
-writes one file `__R_0.distcp` holding only what it owns (its ZeRO partition of the fp32 weights and
+writes one file `__R_0.distcp` (`__R_K.distcp`, one a piece, when states are offloaded: see
+Checkpointer._write_files) holding only what it owns (its ZeRO partition of the fp32 weights and
 of Adam's two moments, of its tensor-parallel slice, of its pipeline stage), and `.metadata` says,
 for every parameter of the one-process model, which rectangle of it each piece is. Under ZeRO-3 a
 rank's range of its tp slice is at most three rectangles (a partial row, whole rows, a partial row),

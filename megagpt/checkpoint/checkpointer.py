@@ -120,8 +120,12 @@ class Checkpointer:
 
     def _write_files(self, tmp: Path, state: dict[str, Any], extra: dict[str, Any]) -> None:
         rank = dist.get_rank()
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), planner=PiecesSavePlanner(),
-                 process_group=self.group)
+        # DCP's one-file-a-rank writer keeps every piece it wrote (a copy, for a view into a swap
+        # buffer) until the file is closed: with offloaded states that is the whole rank in host
+        # memory (12 bytes a parameter; the 1.5B's save was OOM-killed). One file a piece keeps one.
+        one_file = not self.topo.layout.offloads()
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, single_file_per_rank=one_file),
+                 planner=PiecesSavePlanner(), process_group=self.group)
         _save_small(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
         if rank == 0:
             _save_small(extra["trainer"], tmp / TRAINER_STATE)

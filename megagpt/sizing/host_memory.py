@@ -48,10 +48,11 @@ def swap_sizes(model: ModelConfig, layout: Layout) -> SwapSizes:
     # whose four swap buffers take 1.6 GB of host memory.
     sub_group = _round_up(int(min(1e9, max(1e7, partition / 16))), ALIGNMENT)
     largest = math.ceil(model.padded_vocab_size * model.n_embd / layout.tp / layout.dp)
-    # Parameters under stage3_param_persistence_threshold (LayerNorms, biases) stay in memory; a
-    # Block swaps its four matrices. Two Blocks in flight (the one computing and the prefetched
-    # one) plus the token and position embeddings and the tied LM head.
-    count = 2 * 4 + 3
+    # Parameters under stage3_param_persistence_threshold (LayerNorms, biases) stay in memory. With
+    # prefetch off and reuse distance 0 (training/offload.py) a module gathers its own matrix and
+    # releases it after use, so few are in flight: 4 suffice (11, enough for two Blocks
+    # prefetched, cost 2.3 GB more at GPT-2 XL's 80M-element buffers).
+    count = 4
     return SwapSizes(sub_group, _round_up(largest, ALIGNMENT), count)
 
 
