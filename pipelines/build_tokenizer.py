@@ -81,11 +81,14 @@ class TokenizerSteps:
         over the ranks' own smallest hashes, so no rank holds more than tokenizer_sample of them."""
         k = self.s.tokenizer_sample
         smallest = np.empty(0, np.uint64)
+        train = 0
         for c in self.chunks[self.rank :: self.size]:
             decided = np.load(self.area.file("decide", c.id, "fate.npz"))
-            smallest = np.sort(np.concatenate([smallest, decided["sample"][decided["fate"] == TRAIN]]))[:k]
+            mine = decided["sample"][decided["fate"] == TRAIN]
+            smallest, train = np.sort(np.concatenate([smallest, mine]))[:k], train + len(mine)
         low, high = 0, (1 << 64) - 1
-        if self.comm.allreduce(len(smallest)) <= k:
+        # all train documents, not the ranks' smallest (at most k each: on one rank never more than k)
+        if self.comm.allreduce(train) <= k:
             return high
         while low < high:  # the least threshold that k hashes are at or below
             middle = (low + high) // 2

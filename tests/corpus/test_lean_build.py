@@ -53,6 +53,14 @@ def test_numpy_word_hashes_equal_the_compiled_loop(articles):
         assert np.array_equal(compiled_counts, plain_counts)
 
 
+def test_tokenizer_sample_is_bounded_on_one_rank(articles, tmp_path, caplog):
+    raw = tmp_path / "docs.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in articles[:40]))
+    with caplog.at_level("INFO", logger="pipelines.build"):
+        build([raw], tmp_path / "out", vocab_size=600, valid_fraction=0, tokenizer_sample=25, workers=1)
+    assert "BPE tokenizer on 25 documents" in caplog.text  # of 40 train documents
+
+
 def test_tokenizer_is_trained_in_a_child_process(articles, tmp_path, monkeypatch):
     def not_here(*args, **kwargs):
         raise AssertionError("the tokenizer was trained in the build's own process")
