@@ -32,7 +32,7 @@ from megagpt.checkpoint.folders import (
 )
 from megagpt.checkpoint.integrity import write_checksums
 from megagpt.checkpoint.pretrained import write_description
-from megagpt.checkpoint.sharded import PiecesLoadPlanner, PiecesSavePlanner, install, sharded_state
+from megagpt.checkpoint.sharded import PiecesLoadPlanner, PiecesSavePlanner, install, release, sharded_state
 from megagpt.checkpoint.zero_states import adam_step, set_adam_step
 from megagpt.config import ModelConfig
 from megagpt.formats.tokenizer import AnyTokenizer
@@ -124,8 +124,11 @@ class Checkpointer:
         # buffer) until the file is closed: with offloaded states that is the whole rank in host
         # memory (12 bytes a parameter; the 1.5B's save was OOM-killed). One file a piece keeps one.
         one_file = not self.topo.layout.offloads()
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, single_file_per_rank=one_file),
-                 planner=PiecesSavePlanner(), process_group=self.group)
+        try:
+            dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp, single_file_per_rank=one_file),
+                     planner=PiecesSavePlanner(), process_group=self.group)
+        finally:
+            release(state)
         _save_small(extra["rng"], tmp / f"rng_rank{rank:05d}.pt")
         if rank == 0:
             _save_small(extra["trainer"], tmp / TRAINER_STATE)

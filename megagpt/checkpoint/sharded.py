@@ -166,13 +166,19 @@ class _Writing:
         return self.states.view(param, key, for_write=True)
 
 
+def release(state: dict[str, Pieces]) -> None:
+    """After a save or load through `state`: the ZeRO-3 sub-group DCP reached last put away. Left
+    swapped in, it holds the optimizer's swap buffers and the next step cannot swap its own in."""
+    for states in {id(p.states): p.states for p in state.values() if p.states is not None}.values():
+        states.put_away()
+
+
 def install(engine: deepspeed.DeepSpeedEngine, state: dict[str, Pieces]) -> None:
     """After a load into `state`: ZeRO-3's last sub-group written back (each refreshes the model's
     own, bf16 on a GPU, weights from its fp32 ones as it is put away); ZeRO-1/2's ranges were views
     of DeepSpeed's storage, loaded in place, and the model's weights are refreshed from them here
     (the optimizer does not do it until its next step)."""
-    for states in {id(p.states): p.states for p in state.values() if p.states is not None}.values():
-        states.put_away()
+    release(state)
     if hasattr(engine.optimizer, "update_lp_params"):  # ZeRO-1/2: fp32 partitions -> all weights
         engine.optimizer.update_lp_params()
 
