@@ -7,11 +7,13 @@ slice), from DeepSpeed 0.19.8's ZeRO-3 and measured in bench/results/offload_xl-
   as the largest parameter partition (the embedding);
 - the optimizer state (fp32 master weight, Adam's two moments, the fp32 gradient it steps with:
   16 bytes): on the device, in host memory (cpu), or in the folder (nvme) read a sub-group at a
-  time through four sub-group-sized buffers;
-- plus what every process holds: the framework (torch, DeepSpeed: about 2.7 GiB measured on a CPU)
-  and DeepSpeed's per-parameter bookkeeping (about 6 bytes a parameter, fitted from the 2- and
-  6-layer GPT-2 XL-width runs; the whole 48-layer model reached 22-24 GB resident where this
-  predicts 16.4 GiB, so the fit under-predicts at depth: docs/offload.md).
+  time through four buffers as large as the largest sub-group; with nvme the gradients of the
+  whole partition still wait in host memory for the step (one flat buffer, 4 bytes in fp32), and
+  with the parameters on nvme too, one more buffer writes the stepped weights back;
+- plus what every process holds: the framework (torch, DeepSpeed, the engine: 1.43 GiB on a CPU)
+  and DeepSpeed's per-parameter bookkeeping (0.34 bytes a parameter). Both fitted to GPT-2
+  XL-width runs of 2, 6, 12 and 48 layers (143.6M to 1,557.7M parameters, optimizer and weights on
+  nvme): the model meets each measured peak within 0.02 GiB.
 On a CPU the device is the host, so what stays "on the device" counts here too.
 """
 
@@ -24,8 +26,8 @@ from megagpt.config import ModelConfig
 from megagpt.parallel.layout import Layout
 from megagpt.sizing.parameters import stage_parameters
 
-FRAMEWORK_BYTES = 2.74 * 2**30  # torch + DeepSpeed + megagpt imported, engine built, on a CPU
-BOOKKEEPING_BYTES = 6.1  # a parameter, whatever is offloaded (measured, see module docstring)
+FRAMEWORK_BYTES = 1.43 * 2**30  # torch + DeepSpeed + megagpt imported, engine built, on a CPU
+BOOKKEEPING_BYTES = 0.34  # a parameter, whatever is offloaded (fitted, see module docstring)
 OPTIMIZER_BYTES = 16  # fp32 master + exp_avg + exp_avg_sq + fp32 gradient
 OPTIMIZER_SWAP_BUFFERS = 4
 ALIGNMENT = 1 << 20  # elements: swap sizes are rounded up to DeepSpeed's aio block
@@ -72,14 +74,16 @@ def offload_bytes(model: ModelConfig, layout: Layout, on_gpu: bool, tokens: int 
     sizes = swap_sizes(model, layout)
     host = disk = 0.0
     where = {"params": layout.offload_params, "optimizer": layout.offload_optimizer}
+    # A sub-group closes after the parameter that crosses sub_group_size: one holds the embedding.
+    largest_group = max(sizes.sub_group_size, sizes.param_buffer_size)
     if where["params"] == "nvme":  # the tied embedding has a second file, for the LM head
         disk += param_bytes * (partition + model.padded_vocab_size * model.n_embd / layout.tp / layout.dp)
-        host += param_bytes * sizes.param_buffer_size * sizes.param_buffer_count
+        host += param_bytes * (sizes.param_buffer_size * sizes.param_buffer_count + largest_group)
     elif where["params"] == "cpu" or not on_gpu:
         host += param_bytes * partition
     if where["optimizer"] == "nvme":
         disk += OPTIMIZER_BYTES * partition
-        host += 4 * sizes.sub_group_size * OPTIMIZER_SWAP_BUFFERS
+        host += param_bytes * partition + 4 * largest_group * OPTIMIZER_SWAP_BUFFERS
     elif where["optimizer"] == "cpu" or not on_gpu:
         host += OPTIMIZER_BYTES * partition
     if not on_gpu:

@@ -10,7 +10,7 @@ gets wrong on another model (docs/offload.md says how they were found):
   sized to a fraction of the rank's partition, not DeepSpeed's 1e9 (16 GB of buffers: an OOM).
 - the parameter swap buffers (`buffer_size`, `buffer_count`): one buffer holds one parameter's
   partition, so a buffer is as large as the largest (the embedding), and there are enough for the
-  parameters one module gathers at once plus the prefetched ones.
+  matrices gathered at once (prefetch is off: see below).
 """
 
 from __future__ import annotations
