@@ -196,7 +196,7 @@ def load(engine: deepspeed.DeepSpeedEngine, topo: Topology, path: Path) -> dict[
     another layout every rank takes rank 0's RNG (dropout streams cannot follow a change of layout)."""
     same_layout = saved_layout(path).same_ranks(topo.layout)
     state = sharded_state(engine, topo, copy_to_host=False, for_load=True)  # Adam's state made first
-    dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=PiecesLoadPlanner())
+    dcp.load(state, storage_reader=dcp.FileSystemReader(path), planner=PiecesLoadPlanner(list(state)))
     install(engine, state)
     trainer = torch.load(path / TRAINER_STATE, weights_only=True)
     set_adam_step(engine, trainer["adam_step"])

@@ -205,10 +205,14 @@ class PiecesSavePlanner(DefaultSavePlanner):
 
 class PiecesLoadPlanner(DefaultLoadPlanner):
     """DCP's default planner, reading into each Pieces entry the parts of the saved pieces that
-    overlap its rectangles (and nothing else)."""
+    overlap its rectangles (and nothing else), in the order of `order` (the keys as sharded_state
+    made them: ZeRO-3 sub-group by sub-group). dcp.load sorts the keys by name, which alternates
+    between sub-groups (a Block's weights, then its biases): with the optimizer on NVMe each
+    alternation swaps a whole sub-group out and in, 1.6 GB each way at GPT-2 XL."""
 
-    def __init__(self):
+    def __init__(self, order: list[str]):
         super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.order = order
 
     def set_up_planner(self, state_dict: dict[str, Pieces], metadata: Any = None,
                        is_coordinator: bool = False) -> None:
@@ -219,7 +223,8 @@ class PiecesLoadPlanner(DefaultLoadPlanner):
     def create_local_plan(self) -> LoadPlan:
         saved = self.metadata.state_dict_metadata
         items: list[ReadItem] = []
-        for fqn, pieces in self.state_dict.items():
+        for fqn in self.order:
+            pieces = self.state_dict[fqn]
             md = saved.get(fqn)
             if md is None or tuple(md.size) != tuple(pieces.shape):
                 got = "nothing" if md is None else f"shape {tuple(md.size)}"
