@@ -20,6 +20,8 @@ from tests.train.conftest import read_metrics, run_training
 
 pytestmark = pytest.mark.slow
 
+# NVMe runs take 1-2 min alone and several times that on a loaded 2-core machine: no timeout in reach.
+OFFLOAD_TIMEOUT = 1200
 SWAPPING_MODEL = ("model.n_embd=512", "model.n_head=8", "model.dropout=0", "train.max_steps=6",
                   "eval.interval=0", "sample.max_new_tokens=0")
 
@@ -35,12 +37,13 @@ def offload(optimizer: str, params: str, folder) -> tuple[str, ...]:
 
 def test_offload_to_cpu_and_nvme_gives_the_losses_of_no_offload(corpus, tmp_path):
     plain = tmp_path / "plain"
-    run_training(plain, corpus, *SWAPPING_MODEL, nproc=1)
+    run_training(plain, corpus, *SWAPPING_MODEL, nproc=1, timeout=OFFLOAD_TIMEOUT)
     expected = losses(plain)
     assert len(expected) == 6 and expected[6] < expected[1]
     for optimizer, params in (("cpu", "none"), ("nvme", "nvme")):
         run, folder = tmp_path / f"{optimizer}-{params}", tmp_path / f"offload-{optimizer}-{params}"
-        proc = run_training(run, corpus, *SWAPPING_MODEL, *offload(optimizer, params, folder), nproc=1)
+        proc = run_training(run, corpus, *SWAPPING_MODEL, *offload(optimizer, params, folder),
+                            nproc=1, timeout=OFFLOAD_TIMEOUT)
         assert "optimizer.params.torch_adam=False" in proc.stdout + proc.stderr  # DeepSpeed's CPU Adam
         got = losses(run)
         # torch's AdamW (no offload) against DeepSpeed's CPU Adam: the same update, other rounding.
@@ -55,11 +58,12 @@ def test_offload_to_cpu_and_nvme_gives_the_losses_of_no_offload(corpus, tmp_path
 def test_resume_with_optimizer_and_parameters_on_nvme_is_exact(corpus, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(straight, corpus, *SWAPPING_MODEL, *offload("nvme", "nvme", tmp_path / "o1"),
-                 "checkpoint.interval=3", nproc=1)
+                 "checkpoint.interval=3", nproc=1, timeout=OFFLOAD_TIMEOUT)
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints/step00000003", resumed / "checkpoints/step00000003")
     (resumed / "checkpoints/latest").write_text("step00000003")
-    proc = run_training(resumed, corpus, *SWAPPING_MODEL, *offload("nvme", "nvme", tmp_path / "o2"), nproc=1)
+    proc = run_training(resumed, corpus, *SWAPPING_MODEL, *offload("nvme", "nvme", tmp_path / "o2"),
+                        nproc=1, timeout=OFFLOAD_TIMEOUT)
     assert "resumed from" in proc.stdout + proc.stderr
     expected, got = losses(straight), losses(resumed)
     assert sorted(got) == [4, 5, 6]
@@ -79,7 +83,7 @@ def small_folder(tmp_path):
 
 def test_an_offload_folder_too_small_is_refused_before_any_compute(corpus, tmp_path, small_folder):
     proc = run_training(tmp_path / "run", corpus, *SWAPPING_MODEL, *offload("nvme", "nvme", small_folder),
-                        nproc=1, check=False)
+                        nproc=1, check=False, timeout=OFFLOAD_TIMEOUT)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"parallel.offload_path={small_folder} has 0.0 GB free and the offload needs" in log, log[-3000:]
@@ -99,7 +103,7 @@ def test_host_memory_too_small_for_the_offload_choice_is_refused_naming_what_fit
         if offload_bytes(cfg.model, plan_layout(cfg, 1), on_gpu=False).host > have:
             break
         layers *= 2
-    proc = run_training(tmp_path / "run", corpus, *args, nproc=1, check=False)
+    proc = run_training(tmp_path / "run", corpus, *args, nproc=1, check=False, timeout=OFFLOAD_TIMEOUT)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "GiB of host memory on this node" in log and "GiB available" in log, log[-3000:]
