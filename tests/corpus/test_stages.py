@@ -19,7 +19,7 @@ from pipelines.dedup import (
     text_digest,
     verified_edges,
 )
-from pipelines.filters import FilterConfig, blocked_domain, reject_reason
+from pipelines.filters import FilterConfig, blocked_domain, letters_and_spaces, reject_reason
 from pipelines.minhash import MinHasher, jaccard_estimate
 from pipelines.ngrams import ngram_strings
 from tests.corpus.conftest import LAMBADA, WIKITEXT
@@ -101,6 +101,17 @@ def test_filters_give_reasons():
     assert reject_reason(prose, "https://notwikipedia.org/x", config) is None
     assert blocked_domain("de.m.wikipedia.org/wiki/X", ["wikipedia.org"]) == "wikipedia.org"
     assert blocked_domain("https://example.com/wikipedia.org", ["wikipedia.org"]) is None
+
+
+def test_letter_and_space_counts_equal_the_regexes(articles, wikitext):
+    """The table lookup counts what the regexes [^\\W\\d_] and \\s match, beyond the BMP too."""
+    rng = np.random.default_rng(0)
+    odd = "\u00bd\u00b2\u0663\u3000\u2028\u00a0_\U0001d400\U0001f600\ud800\u4e2d\u0301\t\x0c"
+    texts = [*articles[:50], wikitext[:20000], odd,
+             *("".join(rng.choice(list(odd + "ab 1."), 30)) for _ in range(300))]
+    for text in texts:
+        letters = len(re.findall(r"[^\W\d_]", text))
+        assert letters_and_spaces(text) == (letters, len(re.findall(r"\s", text))), repr(text[:60])
 
 
 def test_build_counts_every_drop_by_reason(articles, lambada, tmp_path):
