@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,28 @@ def write_corpus(path: Path, megabytes: int, pool: list[str], seed: int = 0) -> 
     return documents
 
 
+def bench_tokenizer(folder: Path, vocab_size: int = 8192) -> Tokenizer:
+    """The corpus benches' tokenizer: a BPE of `vocab_size` trained on the bundled sample pages'
+    text (data/sample/ground-truth.json), written to `folder`/tok.model, so every build does the
+    same work without training one."""
+    truth = json.loads((ROOT / "data/sample/ground-truth.json").read_text())
+    return Tokenizer.train([p["articleBody"] for p in truth.values()], folder / "tok.model", vocab_size)
+
+
+def corpora(folder: Path, sizes: Iterable[int]) -> Iterator[tuple[int, Path, int]]:
+    """For each size in MB: (size, path, documents) of a corpus written to `folder`, deleted when
+    the next is asked for (one corpus on disk at a time)."""
+    pool = sentences()
+    for size in sizes:
+        corpus = folder / f"webtext-{size}mb.jsonl"
+        documents = write_corpus(corpus, size, pool)
+        print(f"{corpus.stat().st_size / 1e6:.0f} MB, {documents} documents", flush=True)
+        try:
+            yield size, corpus, documents
+        finally:
+            corpus.unlink()
+
+
 def one_build(name: str, checkout: Path, corpus: Path, tok: Path, ranks: int, env: dict[str, str]) -> dict:
     """One measured build of `corpus` by the code in `checkout`: time, memory, what it kept."""
     bin_dir = os.path.dirname(sys.executable)
@@ -79,16 +102,11 @@ def measure(args) -> list[dict]:
     """Every build: ours at each size, the baseline's after it up to --baseline-max MB."""
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
-    pool = sentences()
     runs = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        truth = json.loads((ROOT / "data/sample/ground-truth.json").read_text())
-        tok = Tokenizer.train([p["articleBody"] for p in truth.values()], Path(tmp) / "tok.model", 8192)
-        for size in args.sizes:
-            corpus = Path(tmp) / f"webtext-{size}mb.jsonl"
-            documents = write_corpus(corpus, size, pool)
+        tok = bench_tokenizer(Path(tmp))
+        for size, corpus, documents in corpora(Path(tmp), args.sizes):
             megabytes = corpus.stat().st_size / 1e6
-            print(f"{megabytes:.0f} MB, {documents} documents", flush=True)
             checkouts = [("new", ROOT)]
             if args.baseline and size <= args.baseline_max:
                 checkouts.append(("baseline", args.baseline.resolve()))
@@ -97,7 +115,6 @@ def measure(args) -> list[dict]:
                 run.update(megabytes=megabytes, documents=documents,
                            mb_per_s_per_core=megabytes / run["seconds"] / args.ranks)
                 runs.append(run)
-            corpus.unlink()
     return runs
 
 
