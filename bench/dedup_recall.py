@@ -12,7 +12,8 @@ and the others go.
 
 Contenders, each in this one process (so docs/s is per core, over CPU seconds): megagpt's dedup
 (pipelines/minhash.py and pipelines/dedup.py: signatures, LSH band records, candidate pairs,
-verification of every candidate by estimated Jaccard, union-find) with several band settings, and
+those plainly apart dropped by their estimate, the rest verified by the exact Jaccard similarity of
+their shingle sets made again from the texts, union-find) with several band settings, and
 datatrove's four MinHash stages (signature, buckets, cluster, filter; its default 14 x 8, English
 word tokenizer, no verification). datatrove is installed in the bench's environment only (`pip
 install datatrove spacy`); without it the bench says so and runs megagpt alone.
@@ -37,6 +38,7 @@ from pipelines.dedup import (
     candidate_probability,
     lsh_bands,
     near_duplicate_keys,
+    plausible_pairs,
     verified_edges,
 )
 from pipelines.minhash import MinHasher
@@ -106,7 +108,9 @@ def megagpt_dedup(docs: list[str], num_perm: int, bands: int, rows: int) -> tupl
     signatures = np.stack([hasher.signature(t) for t in docs])
     keys = np.arange(len(docs), dtype=np.uint64)
     pairs = candidate_pairs(band_records(keys, signatures, bands, rows))
-    removed = near_duplicate_keys(verified_edges(pairs, signatures.__getitem__, THRESHOLD))
+    plausible = plausible_pairs(pairs, signatures.__getitem__, THRESHOLD)
+    sets = {int(k): hasher.shingle_set(docs[k]) for k in np.unique(plausible)}  # as the build: from the text
+    removed = near_duplicate_keys(verified_edges(plausible, sets.__getitem__, THRESHOLD))
     seconds = time.process_time() - start
     return set(pairs[:, 1].tolist()), set(removed.tolist()), seconds
 
@@ -204,19 +208,16 @@ def summarize(settings: dict[str, Any], figures: dict[str, Any]) -> harness.Resu
                   round(r["precision"], 3), round(r["docs_per_cpu_s"]), f"{ratio:.1f}x" if ratio else None)
     name = "megagpt {}x{} of 128".format(*lsh_bands(THRESHOLD, 128))
     chosen = next(r for r in rows if r["contender"] == name)
-    met = (chosen["candidates_0.8"] >= 0.95 and chosen["removed_0.85"] >= 0.9
-           and chosen["removed_0.9"] >= 0.95 and chosen["precision"] >= 0.99
+    met = (chosen["recall_at_or_above_threshold"] >= 0.95 and chosen["precision"] >= 0.99
            and (chosen["speed_vs_datatrove"] or 0) >= 10)
     return harness.Result(
         question=harness.question_of(__doc__), settings=settings, figures=figures, table=table,
         reference="datatrove's MinHash (signature, buckets, cluster, filter; 14 x 8, no verification) on "
                   "the same corpus in the same process"
                   + (f"; {figures['skipped']}" if figures["skipped"] else ""),
-        goal=harness.Goal("megagpt's chosen bands (128 values): >= 0.95 of the pairs at Jaccard 0.80-0.82 "
-                          "compared, >= 0.90 removed at 0.85 and >= 0.95 at 0.9, precision >= 0.99, >= 10x "
-                          "datatrove's docs per CPU second (near the threshold the 128-value estimate "
-                          "decides: about 40% of pairs at 0.80-0.82 estimate under 0.8 whatever the bands)",
-                          met if reference else None))
+        goal=harness.Goal("megagpt's chosen bands (128 values): recall >= 0.95 of the copies at Jaccard "
+                          ">= 0.8 (0.80-0.82, 0.84-0.86, 0.89-0.91), precision >= 0.99, >= 10x datatrove's "
+                          "docs per CPU second", met if reference else None))
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ from pipelines.build_settings import (
 )
 from pipelines.build_tokenizer import TokenizerSteps, sample_hash
 from pipelines.chunk_map import ChunkMapper
-from pipelines.dedup import recall_curve
+from pipelines.dedup import LOOSE_SIGMAS, recall_curve
 from pipelines.documents import Piece
 from pipelines.mpi import LocalComm, abort, settle, world
 from pipelines.quality_model import keep
@@ -303,12 +303,15 @@ class _Build(DuplicateSteps, TokenizerSteps):
         return self.comm.bcast(manifest, root=0)
 
     def _near_dedup_manifest(self) -> dict[str, Any]:
-        """The LSH bands used and the chance that a pair of each Jaccard similarity was compared
-        (only compared pairs can be found: candidates are then verified at the threshold)."""
+        """The LSH bands used, the chance that a pair of each Jaccard similarity was compared (only
+        compared pairs can be found: candidates are then verified exactly), and the pairs counted."""
         bands, rows = self.s.lsh_bands()
         return {"threshold": self.s.near_threshold, "num_perm": self.s.num_perm, "bands": bands, "rows": rows,
                 "chosen": "given" if self.s.minhash_bands or self.s.minhash_rows else "for the threshold",
-                "candidate_probability": recall_curve(bands, rows)}
+                "candidate_probability": recall_curve(bands, rows),
+                "verification": "exact Jaccard similarity of the shingle sets, for the candidates whose "
+                                f"estimate is at most {LOOSE_SIGMAS:g} standard errors under the threshold",
+                "pairs": self.near_pair_counts()}
 
     def _write_manifest(self, folder: Path, shards: list[dict], extra: dict[str, Any]) -> dict[str, Any]:
         tok = self.tokenizer

@@ -30,10 +30,10 @@ def _option(default: Any, help_text: str, kind: type | None = None) -> Any:
 
 # the steps of a build in order: their work folders, and what their results depend on
 STEPS = [
-    (("map", "exact", "near"), {"inputs", "chunk_mb", "extractor", "text_field", "min_chars", "min_alpha",
-                                "blocked_domains", "near_threshold", "num_perm", "minhash_bands",
-                                "minhash_rows", "shingle", "seed",
-                                "decontaminate", "decontaminate_threshold", "quality"}),
+    (("map", "exact", "near", "shingles", "verify"), {
+        "inputs", "chunk_mb", "extractor", "text_field", "min_chars", "min_alpha", "blocked_domains",
+        "near_threshold", "num_perm", "minhash_bands", "minhash_rows", "shingle", "seed",
+        "decontaminate", "decontaminate_threshold", "quality"}),
     (("decide",), {"valid_fraction", "quality_alpha", "quality_threshold"}),
     (("sample", TOKENIZER_FILE), {"tokenizer", "vocab_size", "tokenizer_sample"}),
     (("shards", "out"), {"max_shard_tokens"}),

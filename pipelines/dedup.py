@@ -9,28 +9,35 @@ partition alone, holding only that partition:
 - Near duplicates are found with MinHash LSH: signatures cut into b bands of r values, each band
   hashed to 64 bits. Documents sharing a band hash are candidates; in a band-hash range, each
   candidate is paired with the group's first document and with its predecessor in key order (2
-  pairs a member, not all m^2 of a large group), and a pair is an edge when the signatures'
-  estimated Jaccard similarity reaches the threshold. The edges of all ranges, few, are joined into
-  clusters (union-find); every member of a cluster but the lowest key is a near duplicate. This
-  is datatrove's staged MinHash design, with the candidate pairs verified.
+  pairs a member, not all m^2 of a large group). A pair is an edge when the exact Jaccard
+  similarity of the two documents' shingle sets reaches the threshold: the signatures' estimate
+  first drops the pairs that are plainly apart (more than LOOSE_SIGMAS standard errors under the
+  threshold), and only the rest have their sets compared. The estimate alone cannot decide near
+  the threshold: with 128 values its standard error at 0.8 is 0.035, so 40% of the pairs at
+  0.80-0.82 estimate under 0.8 (bench/dedup_recall.py). The edges of
+  all ranges, few, are joined into clusters (union-find); every member of a cluster but the lowest
+  key is a near duplicate. This is datatrove's staged MinHash design, with the candidates verified.
 Choosing (b, r): a pair of similarity s shares a band with probability 1 - (1 - s^r)^b, an S-curve
 whose knee sits near (1/b)^(1/r). datasketch picks (b, r) to minimise the false-positive plus
 false-negative mass around the threshold, as if LSH alone decided: 9 x 13 at 0.8, whose knee is
 at 0.84, so about 20% of pairs at Jaccard 0.85-0.9 were never compared. Here every candidate is
-verified, so a false candidate costs one signature comparison while a missed one is lost for good:
-`lsh_bands` maximises the probability of candidacy at the threshold itself, subject only to at
-most FAR_CANDIDATE_RATE of the pairs KNEE_MARGIN below it becoming candidates (what bounds the
-verification work): 16 x 8 at 0.8 (knee 0.71, candidacy 0.95 at 0.8, 0.99 at 0.85, 0.24 at 0.6).
+verified, so a false candidate costs a signature comparison (near the threshold, a set comparison)
+while a missed one is lost for good: `lsh_bands` maximises the probability of candidacy at the
+threshold itself, subject only to at most FAR_CANDIDATE_RATE of the pairs KNEE_MARGIN below it
+becoming candidates (what bounds the verification work): 16 x 8 at 0.8 (knee 0.71, candidacy 0.95
+at 0.8, 0.99 at 0.85, 0.24 at 0.6).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 
-from pipelines.minhash import jaccard_estimate
+from pipelines.minhash import jaccard, jaccard_estimate
 from pipelines.ngrams import fmix64
 
 RANGE_BITS = 12  # files record where each of 4096 equal hash ranges starts; partitions are unions of them
@@ -146,9 +153,25 @@ def candidate_pairs(records: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0) if len(pairs) else np.empty((0, 2), np.uint64)
 
 
-def verified_edges(pairs: np.ndarray, signature_of, threshold: float) -> np.ndarray:
-    """The candidate pairs whose signatures' estimated Jaccard similarity reaches `threshold`."""
-    keep = [jaccard_estimate(signature_of(int(a)), signature_of(int(b))) >= threshold for a, b in pairs]
+LOOSE_SIGMAS = 4.0  # a pair at the threshold estimates this far under it with odds of 3 in 100,000
+
+
+def plausible_pairs(pairs: np.ndarray, signature_of: Callable[[int], np.ndarray], threshold: float
+                    ) -> np.ndarray:
+    """The candidate pairs whose signatures' estimated Jaccard similarity is at most LOOSE_SIGMAS
+    standard errors under `threshold`: the ones whose shingle sets are worth comparing."""
+    if not len(pairs):
+        return pairs
+    num_perm = len(signature_of(int(pairs[0, 0])))
+    bound = threshold - LOOSE_SIGMAS * math.sqrt(threshold * (1 - threshold) / num_perm)
+    keep = [jaccard_estimate(signature_of(int(a)), signature_of(int(b))) >= bound for a, b in pairs]
+    return pairs[np.array(keep, bool)]
+
+
+def verified_edges(pairs: np.ndarray, shingle_set_of: Callable[[int], np.ndarray], threshold: float
+                   ) -> np.ndarray:
+    """The pairs whose shingle sets' exact Jaccard similarity reaches `threshold`."""
+    keep = [jaccard(shingle_set_of(int(a)), shingle_set_of(int(b))) >= threshold for a, b in pairs]
     return pairs[np.array(keep, bool)] if len(pairs) else pairs
 
 

@@ -31,13 +31,24 @@ class MinHasher:
         self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
         self._buf = np.empty((_CHUNK, num_perm), np.uint32)
 
-    def signature(self, text: str) -> np.ndarray | None:
-        """The document's signature, or None when it has no words to compare."""
+    def shingles(self, text: str) -> np.ndarray:
+        """The 32-bit hashes of the text's word shingles in order, repeats included (a text shorter
+        than a shingle is one shingle of all its words; no words, none)."""
         words = word_hashes(text)
         if not len(words):
+            return np.empty(0, np.uint32)
+        return combine(words, min(self.shingle, len(words))).astype(np.uint32)
+
+    def shingle_set(self, text: str) -> np.ndarray:
+        """The sorted set of shingle hashes whose Jaccard similarity the signature estimates."""
+        return np.unique(self.shingles(text))
+
+    def signature(self, text: str) -> np.ndarray | None:
+        """The document's signature, or None when it has no words to compare."""
+        shingles = self.shingles(text)
+        if not len(shingles):
             return None
         # repeated shingles change no minimum, so they are not removed (np.unique cost more than them)
-        shingles = combine(words, min(self.shingle, len(words))).astype(np.uint32)
         sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         for lo in range(0, len(shingles), _CHUNK):
             chunk = shingles[lo : lo + _CHUNK, None]
@@ -50,3 +61,10 @@ class MinHasher:
 
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The exact Jaccard similarity of two sorted sets (shingle_set's)."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - common
+    return common / union if union else 0.0

@@ -16,6 +16,7 @@ from pipelines.dedup import (
     candidate_probability,
     lsh_bands,
     near_duplicate_keys,
+    plausible_pairs,
     verified_edges,
 )
 from pipelines.minhash import MinHasher
@@ -40,10 +41,13 @@ def test_chosen_bands_put_the_knee_well_below_the_threshold(threshold):
 def removed_copies(originals: list[str], copies: list[str], bands: int, rows: int) -> set[int]:
     """Indices of `docs` (originals, then copies) that near dedup at 0.8 removes."""
     docs = originals + copies
-    signatures = np.stack([MinHasher().signature(t) for t in docs])
+    hasher = MinHasher()
+    signatures = np.stack([hasher.signature(t) for t in docs])
     keys = np.arange(len(docs), dtype=np.uint64)
     pairs = candidate_pairs(band_records(keys, signatures, bands, rows))
-    return set(near_duplicate_keys(verified_edges(pairs, signatures.__getitem__, 0.8)).tolist())
+    pairs = plausible_pairs(pairs, signatures.__getitem__, 0.8)
+    edges = verified_edges(pairs, [hasher.shingle_set(t) for t in docs].__getitem__, 0.8)
+    return set(near_duplicate_keys(edges).tolist())
 
 
 def test_planted_near_duplicates_at_085_are_found(articles):
@@ -56,6 +60,19 @@ def test_planted_near_duplicates_at_085_are_found(articles):
     assert len(chosen) >= 0.85 * len(planted)
     before = removed_copies(originals, copies, 9, 13)
     assert len(before) < len(chosen) - 0.1 * len(planted)  # what the chosen bands win
+
+
+def test_pairs_just_over_the_threshold_go_and_just_under_stay(articles):
+    """Candidates are verified by exact Jaccard: copies at 0.80-0.82 are removed as often as LSH
+    compares them (the 128-value estimate alone put 40% of them under 0.8), copies at 0.76-0.79
+    never (the estimate alone put a fifth of them over)."""
+    rng = np.random.default_rng(1)
+    originals = [t for t in articles if len(t.split()) >= 300][:60]
+    over = [plant_copy(t, 0.80, 0.82, rng)[0] for t in originals[:30]]
+    under = [plant_copy(t, 0.76, 0.79, rng)[0] for t in originals[30:]]
+    removed = removed_copies(originals, over + under, *lsh_bands(0.8, 128))
+    assert len(removed & set(range(60, 90))) >= 0.9 * len(over)
+    assert not removed & set(range(90, 120))
 
 
 def test_band_options_are_checked_before_any_work(tmp_path, capsys):
@@ -83,3 +100,19 @@ def test_manifest_records_the_bands_and_their_curve(articles, tmp_path):
     assert (near["bands"], near["rows"], near["chosen"]) == (16, 8, "given")
     assert near["candidate_probability"]["0.80"] == pytest.approx(candidate_probability(0.8, 16, 8), abs=1e-4)
     assert list(near["candidate_probability"]) == [f"{s:.2f}" for s in np.arange(0.5, 1.001, 0.05)]
+    assert near["verification"].startswith("exact Jaccard")
+
+
+def test_a_build_removes_the_near_copies_over_the_threshold_and_counts_the_pairs(articles, tmp_path):
+    """Through the build's stages (band ranges, shingle sets a chunk, exact check a chunk, on 2
+    worker processes and several chunks): the copies at 0.84-0.86 go, those at 0.70-0.74 stay."""
+    rng = np.random.default_rng(2)
+    originals = [t for t in articles if len(t.split()) >= 300][:40]
+    near = [plant_copy(t, 0.84, 0.86, rng)[0] for t in originals[:20]]
+    apart = [plant_copy(t, 0.70, 0.74, rng)[0] for t in originals[20:]]
+    raw = tmp_path / "docs.jsonl"
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in originals + near + apart))
+    manifest = build([raw], tmp_path / "out", vocab_size=600, valid_fraction=0, chunk_mb=0.05, workers=2)
+    assert manifest["stages"]["near_dedup"]["dropped"] == {"near_duplicate": len(near)}
+    pairs = manifest["near_dedup"]["pairs"]
+    assert pairs["plausible"] >= pairs["verified"] == len(near)

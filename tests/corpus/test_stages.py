@@ -15,6 +15,7 @@ from pipelines.dedup import (
     exact_duplicate_keys,
     near_duplicate_keys,
     partition_rows,
+    plausible_pairs,
     range_bounds,
     text_digest,
     verified_edges,
@@ -58,9 +59,11 @@ def test_planted_duplicates_go_and_distinct_pages_stay(articles):
     digests = np.frombuffer(b"".join(map(text_digest, docs)), np.uint8).reshape(-1, 16)
     duplicates = exact_duplicate_keys(digest_records(keys, digests))
     assert duplicates.tolist() == list(range(65, 70))
-    signatures = np.stack([MinHasher().signature(t) for t in docs])
+    hasher = MinHasher()
+    signatures = np.stack([hasher.signature(t) for t in docs])
     pairs = candidate_pairs(band_records(keys, signatures, 16, 8))
-    edges = verified_edges(pairs, signatures.__getitem__, 0.8)
+    pairs = plausible_pairs(pairs, signatures.__getitem__, 0.8)
+    edges = verified_edges(pairs, [hasher.shingle_set(t) for t in docs].__getitem__, 0.8)
     near_keys = sorted(set(near_duplicate_keys(edges).tolist()) - set(duplicates.tolist()))
     assert [docs[k] for k in near_keys] == near  # every near copy, nothing else
 
@@ -73,17 +76,22 @@ def test_decisions_by_hash_range_equal_the_whole(articles, parts):
     rng = np.random.default_rng(0)
     keys = rng.permutation(len(docs)).astype(np.uint64)  # keys need not follow the list order
     digests = np.frombuffer(b"".join(map(text_digest, docs)), np.uint8).reshape(-1, 16)
-    signatures = np.stack([MinHasher().signature(t) for t in docs])
-    by_key = dict(zip(keys.tolist(), signatures))
+    hasher = MinHasher()
+    signatures = np.stack([hasher.signature(t) for t in docs])
+    signature_of = dict(zip(keys.tolist(), signatures)).__getitem__
+    set_of = dict(zip(keys.tolist(), map(hasher.shingle_set, docs))).__getitem__
     exact, bands = digest_records(keys, digests), band_records(keys, signatures, 16, 8)
+
+    def edges(records: np.ndarray) -> np.ndarray:
+        return verified_edges(plausible_pairs(candidate_pairs(records), signature_of, 0.8), set_of, 0.8)
+
     whole_exact = exact_duplicate_keys(exact)
-    whole_edges = verified_edges(candidate_pairs(bands), by_key.__getitem__, 0.8)
+    whole_edges = edges(bands)
     exact_bounds, band_bounds = range_bounds(exact["d0"]), range_bounds(bands["h"])
     ranges = [(partition_rows(exact_bounds, p, parts), partition_rows(band_bounds, p, parts))
               for p in range(parts)]
     split_exact = np.concatenate([exact_duplicate_keys(exact[rows]) for rows, _ in ranges])
-    split_edges = np.concatenate([verified_edges(candidate_pairs(bands[rows]), by_key.__getitem__, 0.8)
-                                  for _, rows in ranges])
+    split_edges = np.concatenate([edges(bands[rows]) for _, rows in ranges])
     assert len(whole_exact) == 8 and sorted(split_exact.tolist()) == whole_exact.tolist()
     assert near_duplicate_keys(split_edges).tolist() == near_duplicate_keys(whole_edges).tolist()
     assert len(set(near_duplicate_keys(whole_edges).tolist()) - set(whole_exact.tolist())) >= 10
