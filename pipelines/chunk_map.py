@@ -57,7 +57,7 @@ class ChunkMapper:
             kept.append((raw.key, text, raw.source, url))
         keys = np.array([k for k, *_ in kept], np.uint64)
         digests = np.frombuffer(b"".join(text_digest(t) for _, t, _, _ in kept), np.uint8).reshape(-1, 16)
-        signatures = [self.hasher.signature(t) for _, t, _, _ in kept]
+        signatures = self.hasher.signatures([t for _, t, _, _ in kept])
         signed = np.array([s is not None for s in signatures], bool)
         blank = np.zeros(self.settings.num_perm, np.uint32)  # no words: never a near duplicate
         sigs = np.array([blank if s is None else s for s in signatures], np.uint32).reshape(-1, len(blank))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.ngrams import combine, word_hashes
+from pipelines.ngrams import combine, word_hashes, word_hashes_each
 
 _CHUNK = 2048  # shingles a pass: bounds the (shingles x permutations) buffer to 1 MB at 128
 
@@ -34,10 +34,7 @@ class MinHasher:
     def shingles(self, text: str) -> np.ndarray:
         """The 32-bit hashes of the text's word shingles in order, repeats included (a text shorter
         than a shingle is one shingle of all its words; no words, none)."""
-        words = word_hashes(text)
-        if not len(words):
-            return np.empty(0, np.uint32)
-        return combine(words, min(self.shingle, len(words))).astype(np.uint32)
+        return self._shingles(word_hashes(text))
 
     def shingle_set(self, text: str) -> np.ndarray:
         """The sorted set of shingle hashes whose Jaccard similarity the signature estimates."""
@@ -45,7 +42,18 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray | None:
         """The document's signature, or None when it has no words to compare."""
-        shingles = self.shingles(text)
+        return self.signatures([text])[0]
+
+    def signatures(self, texts: list[str]) -> list[np.ndarray | None]:
+        """The signature of each text (their words hashed a batch at a time)."""
+        return [self._signature(self._shingles(words)) for words in word_hashes_each(texts)]
+
+    def _shingles(self, words: np.ndarray) -> np.ndarray:
+        if not len(words):
+            return np.empty(0, np.uint32)
+        return combine(words, min(self.shingle, len(words))).astype(np.uint32)
+
+    def _signature(self, shingles: np.ndarray) -> np.ndarray | None:
         if not len(shingles):
             return None
         # repeated shingles change no minimum, so they are not removed (np.unique cost more than them)

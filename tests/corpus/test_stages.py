@@ -46,6 +46,18 @@ def test_minhash_estimates_jaccard(articles):
     assert hasher.signature("!!! ...") is None
 
 
+def test_signatures_of_a_batch_equal_one_at_a_time(articles, wikitext):
+    """Batched word hashing (what a build's map step does) gives each text's own signature, for
+    texts without words and texts longer than a batch too."""
+    hasher = MinHasher()
+    texts = [*articles[:80], "", "!!! ...", wikitext[:400_000], *articles[80:90]]
+    batched = hasher.signatures(texts)
+    assert len(batched) == len(texts) and batched[81] is None
+    for text, signature in zip(texts, batched):
+        alone = MinHasher().signature(text)
+        assert (alone is None and signature is None) or (alone == signature).all()
+
+
 def test_planted_duplicates_go_and_distinct_pages_stay(articles):
     base = articles[:60]
     half = [t[: len(t) // 2] for t in base[:5]]  # Jaccard about 0.5: not a near duplicate at 0.8
