@@ -46,17 +46,20 @@ def test_fix_unicode_equals_ftfy_on_real_and_broken_text(articles, lambada, wiki
     assert [fix_unicode(t) for t in texts] == [ftfy.fix_text(t, normalization="NFC") for t in texts]
 
 
-def test_fix_unicode_equals_ftfy_on_typographic_punctuation_beside_anything():
-    """Lines of ASCII and curly quotes, dashes and ellipses skip ftfy: random lines of those, with
-    and without the mojibake-forming characters next to them (lead bytes, C1 controls, entities),
-    come out as ftfy.fix_text makes them."""
+def test_fix_unicode_equals_ftfy_on_random_lines_of_risky_characters():
+    """The lines that skip ftfy (ASCII and typographic punctuation; or letters beyond ASCII that
+    ftfy's own gates pass) come out as ftfy.fix_text makes them: random lines of those, with and
+    without characters that ftfy acts on next to them (mojibake lead bytes, C1 controls, entities,
+    ligatures, wide forms, combining accents, line separators)."""
     rng = random.Random(1)
     typographic = "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"
     risky = ["\u00e2", "\u00c3", "\u00c2", "\u00e9", "\u20ac", "\u0080", "\u0093", "\u00a0", "\u00d5",
-             "\u0393", "&amp;", "\x1b[0m", "\u2028", "\u02bc", "\u201b", "\u201e"]
-    alphabet = list("abc XYZ.,'\"-&<") + list(typographic)
-    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
-    lines += [line[:k] + rng.choice(risky) + line[k:] for line in lines[:1500]
-              for k in [rng.randint(0, len(line))]]
-    texts = ["\n".join(rng.sample(lines, 4)) for _ in range(1500)] + lines
-    assert [fix_unicode(t) for t in texts] == [ftfy.fix_text(t, normalization="NFC") for t in texts]
+             "\u0393", "&amp;", "\x1b[0m", "\u2028", "\u02bc", "\u201b", "\u201e", "\u00c3\u00a9",
+             "\u00e2\u20ac\u2122", "e\u0301", "\ufb01", "\uff21", "\x85", "\ufeff", "\u00c3\u00a0"]
+    for letters in ("", "\u00e9\u00f1\u00fc\u014d\u03b1\u00c9\u00b0"):
+        alphabet = list("abc XYZ.,'\"-&<") + list(typographic + letters)
+        lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+        lines += [line[:k] + rng.choice(risky) + line[k:] for line in lines[:1500]
+                  for k in [rng.randint(0, len(line))]]
+        texts = ["\n".join(rng.sample(lines, 4)) for _ in range(1500)] + lines
+        assert [fix_unicode(t) for t in texts] == [ftfy.fix_text(t, normalization="NFC") for t in texts]
