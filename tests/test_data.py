@@ -1,6 +1,9 @@
 """The shard reader: deterministic windows, rank slices that add up to the global batch, exact resume."""
 
+import io
 import itertools
+import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,27 @@ def test_corpus_smaller_than_a_global_batch_is_refused(tmp_path):
     write_corpus(tmp_path, n_docs=2)
     with pytest.raises(ValueError, match="fewer than one global micro-batch"):
         RankBatches(ShardDataset(tmp_path, BLOCK, seed=0), micro_batch=8, dp_rank=0, dp_size=2)
+
+
+def test_shards_are_the_tars_tarfile_writes(tmp_path):
+    """ShardWriter packs its own USTAR headers: the bytes equal tarfile's for the same members
+    (mode 0444, mtime 0), with a name too long for one USTAR field and non-ASCII meta too."""
+    docs = [("a" * 32, [1, 2, 3], {"url": "https://example.com/caf\u00e9"}),
+            ("part/" * 25 + "k", list(range(700)), {"source": "x.jsonl", "url": None}), ("e", [], {})]
+    with ShardWriter(tmp_path, vocab_size=512) as writer:
+        for key, tokens, meta in docs:
+            writer.write(key, np.array(tokens), meta)
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, tokens, meta in docs:
+            npy = io.BytesIO()
+            np.save(npy, np.array(tokens, np.uint16), allow_pickle=False)
+            for name, data in ((f"{key}.tokens.npy", npy.getvalue()),
+                               (f"{key}.meta.json", json.dumps(meta, ensure_ascii=False).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o444
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / writer.shards[0]["name"]).read_bytes() == expected.getvalue()
 
 
 def test_truncated_shard_is_named(tmp_path):

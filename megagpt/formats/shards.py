@@ -21,7 +21,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class ShardWriter:
         self.dtype = token_dtype(vocab_size)
         self.max_shard_tokens = max_shard_tokens
         self.shards: list[dict[str, Any]] = []
-        self._sink: tarfile.TarFile | None = None
+        self._sink: BinaryIO | None = None
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -67,16 +67,17 @@ class ShardWriter:
         buf = io.BytesIO()
         np.save(buf, np.asarray(tokens, dtype=self.dtype), allow_pickle=False)
         meta_json = json.dumps(meta, ensure_ascii=False).encode()
-        for field, data in (("tokens.npy", buf.getvalue()), ("meta.json", meta_json)):
-            # a webdataset sample: the files KEY.FIELD; mtime 0 keeps builds byte-identical
-            info = tarfile.TarInfo(f"{key}.{field}")
-            info.size, info.mode = len(data), 0o444
-            self._sink.addfile(info, io.BytesIO(data))
+        # a webdataset sample: the files KEY.FIELD
+        self._sink.write(tar_member(f"{key}.tokens.npy", buf.getvalue()))
+        self._sink.write(tar_member(f"{key}.meta.json", meta_json))
         self.shards[-1]["documents"] += 1
         self.shards[-1]["tokens"] += len(tokens)
 
     def close(self) -> None:
         if self._sink is not None:
+            # tarfile's end of archive: two empty blocks, then zeros to a whole record
+            end = self._sink.tell() + 2 * tarfile.BLOCKSIZE
+            self._sink.write(bytes(2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE))
             self._sink.close()
             self._sink = None
             # Read back from the page cache: the checksum is of the bytes that reached the file.
@@ -88,8 +89,30 @@ class ShardWriter:
         self.close()
         name = self.pattern.format(len(self.shards))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._sink = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)
+        self._sink = (self.out_dir / name).open("wb")
         self.shards.append({"name": name, "documents": 0, "tokens": 0})
+
+
+_USTAR_MODE_TO_MTIME = b"0000444\0" + b"0000000\0" * 2  # mode 0444, owner and group 0
+# mtime 0, the checksum's field as spaces, a regular file, no link, the magic, no owner names or prefix
+_USTAR_AFTER_SIZE = b"00000000000\0" + b" " * 8 + b"0" + bytes(100) + b"ustar\x0000" + bytes(247)
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """A regular file as tarfile writes it in USTAR format with mode 0444, mtime 0 and owner 0
+    (what keeps builds byte-identical): the header block, the data, zeros to a whole block. The
+    header is packed here, a tenth of tarfile's cost a member; a name over 100 bytes, which USTAR
+    splits in two fields, is left to tarfile."""
+    encoded = name.encode()
+    if len(encoded) > 100:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o444
+        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    else:
+        header = bytearray(encoded.ljust(100, b"\0") + _USTAR_MODE_TO_MTIME + b"%011o\0" % len(data)
+                           + _USTAR_AFTER_SIZE)
+        header[148:155] = b"%06o\0" % sum(header)  # the checksum counts its own field as spaces
+    return bytes(header) + data + bytes(-len(data) % tarfile.BLOCKSIZE)
 
 
 def read_shard(path: str | Path, sha256: str | None = None
