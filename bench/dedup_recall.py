@@ -41,7 +41,7 @@ from pipelines.dedup import (
     plausible_pairs,
     verified_edges,
 )
-from pipelines.minhash import MinHasher
+from pipelines.minhash import MinHasher, shingle_sets
 from pipelines.ngrams import ngram_hashes
 
 THRESHOLD = 0.8
@@ -109,7 +109,8 @@ def megagpt_dedup(docs: list[str], num_perm: int, bands: int, rows: int) -> tupl
     keys = np.arange(len(docs), dtype=np.uint64)
     pairs = candidate_pairs(band_records(keys, signatures, bands, rows))
     plausible = plausible_pairs(pairs, signatures.__getitem__, THRESHOLD)
-    sets = {int(k): hasher.shingle_set(docs[k]) for k in np.unique(plausible)}  # as the build: from the text
+    wanted = np.unique(plausible).tolist()
+    sets = dict(zip(wanted, shingle_sets([docs[k] for k in wanted], SHINGLE)))  # as the build: from the text
     removed = near_duplicate_keys(verified_edges(plausible, sets.__getitem__, THRESHOLD))
     seconds = time.process_time() - start
     return set(pairs[:, 1].tolist()), set(removed.tolist()), seconds

@@ -25,7 +25,7 @@ from pipelines.dedup import (
     plausible_pairs,
     verified_edges,
 )
-from pipelines.minhash import MinHasher
+from pipelines.minhash import shingle_sets
 from pipelines.workarea import save_array, save_json
 
 RECORDS_A_PARTITION = 1 << 20  # dedup records a rank holds at once (~24 MiB of digests)
@@ -95,11 +95,11 @@ class DuplicateSteps:
         (`sets.npy`, uint32) with where each starts (`offsets.npy`, one row a document)."""
         keys = np.load(self.area.file("map", unit, "docs.npz"))["keys"]
         wanted = np.isin(keys, self.pairs)
-        hasher = MinHasher(self.s.num_perm, self.s.shingle, seed=self.s.seed + 1)
-        sets = {i: hasher.shingle_set(doc["text"]) for i, doc in enumerate(self._texts(unit)) if wanted[i]}
-        sizes = np.array([len(sets[i]) if wanted[i] else 0 for i in range(len(keys))], np.int64)
+        sets = shingle_sets([doc["text"] for doc, w in zip(self._texts(unit), wanted) if w], self.s.shingle)
+        sizes = np.zeros(len(keys), np.int64)
+        sizes[wanted] = [len(s) for s in sets]
         save_array(self.area.file("shingles", unit, "sets.npy"),
-                   np.concatenate([np.empty(0, np.uint32), *sets.values()]))
+                   np.concatenate([np.empty(0, np.uint32), *sets]))
         save_array(self.area.file("shingles", unit, "offsets.npy"), np.r_[0, np.cumsum(sizes)])
         self.area.finish("shingles", unit, {"documents": len(sets)})
 

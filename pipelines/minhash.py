@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.ngrams import combine, word_hashes, word_hashes_each
+from pipelines.ngrams import combine, word_hashes_each
 
 _CHUNK = 2048  # shingles a pass: bounds the (shingles x permutations) buffer to 1 MB at 128
 
@@ -31,27 +31,13 @@ class MinHasher:
         self.b = rng.integers(0, 2**32, num_perm, dtype=np.uint32)
         self._buf = np.empty((_CHUNK, num_perm), np.uint32)
 
-    def shingles(self, text: str) -> np.ndarray:
-        """The 32-bit hashes of the text's word shingles in order, repeats included (a text shorter
-        than a shingle is one shingle of all its words; no words, none)."""
-        return self._shingles(word_hashes(text))
-
-    def shingle_set(self, text: str) -> np.ndarray:
-        """The sorted set of shingle hashes whose Jaccard similarity the signature estimates."""
-        return np.unique(self.shingles(text))
-
     def signature(self, text: str) -> np.ndarray | None:
         """The document's signature, or None when it has no words to compare."""
         return self.signatures([text])[0]
 
     def signatures(self, texts: list[str]) -> list[np.ndarray | None]:
         """The signature of each text (their words hashed a batch at a time)."""
-        return [self._signature(self._shingles(words)) for words in word_hashes_each(texts)]
-
-    def _shingles(self, words: np.ndarray) -> np.ndarray:
-        if not len(words):
-            return np.empty(0, np.uint32)
-        return combine(words, min(self.shingle, len(words))).astype(np.uint32)
+        return [self._signature(shingles(words, self.shingle)) for words in word_hashes_each(texts)]
 
     def _signature(self, shingles: np.ndarray) -> np.ndarray | None:
         if not len(shingles):
@@ -67,12 +53,26 @@ class MinHasher:
         return sig
 
 
+def shingles(words: np.ndarray, n: int) -> np.ndarray:
+    """The 32-bit hashes of a text's word n-gram shingles from its word hashes, in order, repeats
+    included (a text shorter than n words is one shingle of all its words; no words, none)."""
+    if not len(words):
+        return np.empty(0, np.uint32)
+    return combine(words, min(n, len(words))).astype(np.uint32)
+
+
+def shingle_sets(texts: list[str], n: int) -> list[np.ndarray]:
+    """The sorted set of each text's shingle hashes: the sets whose Jaccard similarity the
+    signatures (of shingle size n) estimate."""
+    return [np.unique(shingles(words, n)) for words in word_hashes_each(texts)]
+
+
 def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a == b))
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """The exact Jaccard similarity of two sorted sets (shingle_set's)."""
+    """The exact Jaccard similarity of two sorted sets (shingle_sets's)."""
     common = len(np.intersect1d(a, b, assume_unique=True))
     union = len(a) + len(b) - common
     return common / union if union else 0.0

@@ -19,7 +19,7 @@ from pipelines.dedup import (
     plausible_pairs,
     verified_edges,
 )
-from pipelines.minhash import MinHasher
+from pipelines.minhash import MinHasher, shingle_sets
 
 
 def knee(bands: int, rows: int) -> float:
@@ -46,7 +46,7 @@ def removed_copies(originals: list[str], copies: list[str], bands: int, rows: in
     keys = np.arange(len(docs), dtype=np.uint64)
     pairs = candidate_pairs(band_records(keys, signatures, bands, rows))
     pairs = plausible_pairs(pairs, signatures.__getitem__, 0.8)
-    edges = verified_edges(pairs, [hasher.shingle_set(t) for t in docs].__getitem__, 0.8)
+    edges = verified_edges(pairs, shingle_sets(docs, 5).__getitem__, 0.8)
     return set(near_duplicate_keys(edges).tolist())
 
 

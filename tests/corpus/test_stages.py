@@ -21,7 +21,7 @@ from pipelines.dedup import (
     verified_edges,
 )
 from pipelines.filters import FilterConfig, blocked_domain, letters_and_spaces, reject_reason
-from pipelines.minhash import MinHasher, jaccard_estimate
+from pipelines.minhash import MinHasher, jaccard_estimate, shingle_sets
 from pipelines.ngrams import ngram_strings
 from tests.corpus.conftest import LAMBADA, WIKITEXT
 
@@ -75,7 +75,7 @@ def test_planted_duplicates_go_and_distinct_pages_stay(articles):
     signatures = np.stack([hasher.signature(t) for t in docs])
     pairs = candidate_pairs(band_records(keys, signatures, 16, 8))
     pairs = plausible_pairs(pairs, signatures.__getitem__, 0.8)
-    edges = verified_edges(pairs, [hasher.shingle_set(t) for t in docs].__getitem__, 0.8)
+    edges = verified_edges(pairs, shingle_sets(docs, 5).__getitem__, 0.8)
     near_keys = sorted(set(near_duplicate_keys(edges).tolist()) - set(duplicates.tolist()))
     assert [docs[k] for k in near_keys] == near  # every near copy, nothing else
 
@@ -91,7 +91,7 @@ def test_decisions_by_hash_range_equal_the_whole(articles, parts):
     hasher = MinHasher()
     signatures = np.stack([hasher.signature(t) for t in docs])
     signature_of = dict(zip(keys.tolist(), signatures)).__getitem__
-    set_of = dict(zip(keys.tolist(), map(hasher.shingle_set, docs))).__getitem__
+    set_of = dict(zip(keys.tolist(), shingle_sets(docs, 5))).__getitem__
     exact, bands = digest_records(keys, digests), band_records(keys, signatures, 16, 8)
 
     def edges(records: np.ndarray) -> np.ndarray:
